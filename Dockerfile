@@ -61,7 +61,7 @@ FROM ${PYTHON_IMAGE} AS runtime
 RUN groupadd --system --gid 10001 clawterm \
     && useradd --system --uid 10001 --gid clawterm \
         --home-dir /var/lib/clawterm --no-create-home --shell /usr/sbin/nologin clawterm \
-    && install -d -o 10001 -g 10001 -m 0750 /var/lib/clawterm \
+    && install -d -o 10001 -g 10001 -m 0700 /var/lib/clawterm \
     && install -d -o 10001 -g 10001 -m 0755 /run/claw/sockets \
     && python -m pip uninstall --yes --no-input pip setuptools wheel \
     && rm -rf /root/.cache
