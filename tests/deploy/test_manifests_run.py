@@ -526,9 +526,16 @@ def attach(
         time.sleep(0.2)  # the registry (inotify) has not seen the socket yet
 
 
-def check_accept(answer: Frame) -> tuple[int, bytes]:
+def explain(answer: Frame, node: Node) -> str:
+    """An unexpected answer, with the logs of every container on the node."""
+    what = answer.error() if answer.type == ERROR else repr(answer)
+    logs = "".join(f"\n--- {c.name} log ---\n{c.log_tail()}" for c in node.containers)
+    return what + logs
+
+
+def check_accept(answer: Frame, node: Node) -> tuple[int, bytes]:
     """The ACCEPT of SPEC §5; returns the session id and resume token."""
-    assert answer.type == ACCEPT, answer.error() if answer.type == ERROR else answer
+    assert answer.type == ACCEPT, explain(answer, node)
     assert len(answer.payload) == 24
     sid, version, caps, resume_token, keepalive = struct.unpack(">IBB16sH", answer.payload)
     assert sid == answer.sid != 0
@@ -592,7 +599,7 @@ def test_daemonset_and_agent_example_run(node: Node) -> None:
     # A client through the node port that maps to containerPort "tls".
     tls_port = node.port(container_port(daemon.spec, "tls")["containerPort"], "TCP")
     tls, answer = attach(tls_port, cafile, tenant, agent_id, token)
-    sid, _ = check_accept(answer)
+    sid, _ = check_accept(answer, node)
 
     # The session table is on the node (hostPath), where a new daemon finds it.
     state = Path(daemon.env["CLAWTERM_STATE_DIR"])
@@ -623,7 +630,7 @@ def test_session_survives_daemon_restart(node: Node) -> None:
     agent.wait_for("readinessProbe")
     tls_port = node.port(container_port(daemon.spec, "tls")["containerPort"], "TCP")
     tls, answer = attach(tls_port, cafile, tenant, agent_id, token)
-    sid, resume_token = check_accept(answer)
+    sid, resume_token = check_accept(answer, node)
 
     assert daemon.stop(timeout=grace_seconds(DAEMONSET)) < grace_seconds(DAEMONSET)
     tls.close()
@@ -633,7 +640,7 @@ def test_session_survives_daemon_restart(node: Node) -> None:
     tls = tls_connect(tls_port, cafile)
     tls.sendall(frame(RESUME, sid, 0, struct.pack(">II16s", sid, 0, resume_token)))
     answer = read_frame(tls)
-    assert answer.type == RESUMED, answer.error() if answer.type == ERROR else answer
+    assert answer.type == RESUMED, explain(answer, node)
     assert struct.unpack(">I", answer.payload[:4])[0] == sid == answer.sid
     tls.sendall(frame(DISCONNECT, sid, 0))
     tls.close()
@@ -661,8 +668,7 @@ def test_zero_config_daemon_makes_dev_token(node: Node) -> None:
     tls = tls_connect(tls_port, state / "cert.pem")
     tls.sendall(frame(CONNECT, 0, 0, connect_payload(0, 1, bytes.fromhex(dev_token))))
     answer = read_frame(tls)
-    assert answer.type == ERROR and answer.payload[:2] == NO_SUCH_AGENT.to_bytes(2, "big"), (
-        answer.error() if answer.type == ERROR else answer
-    )
+    no_agent = NO_SUCH_AGENT.to_bytes(2, "big")
+    assert answer.type == ERROR and answer.payload[:2] == no_agent, explain(answer, node)
     tls.close()
     assert daemon.stop(timeout=grace_seconds(DAEMONSET)) < grace_seconds(DAEMONSET)
