@@ -1,0 +1,459 @@
+"""One session in the daemon: the relay between a client leg and an agent leg.
+
+How it works. Sequence numbers and acknowledgements run end to end, client to
+agent (SPEC §4); the daemon is a relay with a replay cache. So this module
+passes DATA and ACK frames between the legs as the bytes they arrived as
+(``frame.raw``), and keeps only:
+
+* ``c2a_last`` — the highest client DATA SEQ passed to the agent: duplicates
+  (a client's resend after RESUME) are dropped, and RESUMED reports it;
+* the :class:`~clawterm.ring.ReplayRing` of agent DATA, acknowledged by the
+  client's ACKs (or by the daemon's own writes, for clients that do not
+  announce the ACK capability), replayed after RESUME;
+* ``agent_acked`` — the agent's latest ACK, repeated to a client after RESUMED
+  so it can release what the agent already has;
+* the latest WINSIZE, and a DISCONNECT from the agent still owed to an absent
+  client (SPEC §10: delivered on resume, behind the output before it).
+
+Legs are abstract (:class:`Leg`): ``send`` queues bytes, which the I/O
+adapter writes in one call when it calls :meth:`Session.flush` at the end of
+each burst. Nothing here touches sockets, asyncio or a clock.
+
+Backpressure (SPEC §7, issue 3): the agent's socket is not read while the
+ring holds ``ring_size`` bytes the client has not acknowledged, or while the
+client's transport has more than its high-water mark buffered; the client's
+transport is not read while the agent's is over its mark. Memory per session
+is thereby bounded by the ring plus one read per leg plus the transports'
+buffer limits.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from ..constants import (
+    Capability,
+    DataFlag,
+    ErrorCode,
+    FrameType,
+    KeepaliveFlag,
+    ResumedFlag,
+)
+from ..errors import ProtocolViolation
+from ..frame import Buffer, Frame, encode_frame, frame_with_flags
+from ..payloads import Ack, Disconnect, Resumed, WinSize, check_empty
+from ..ring import ReplayRing
+from ..serial import is_newer
+from ..session import SessionInput, SessionState, SessionStateMachine
+
+__all__ = ["Leg", "RelayCounters", "Session"]
+
+log = logging.getLogger("clawterm.daemon")
+
+_DATA = FrameType.DATA
+_ACK = FrameType.ACK
+_PING = KeepaliveFlag.PING
+
+
+class Leg(Protocol):
+    """What the relay needs of a transport (client or agent side)."""
+
+    #: True while the transport's write buffer is above its high-water mark.
+    writing_paused: bool
+
+    def send(self, data: Buffer) -> None:
+        """Queue bytes; they go out in one write when the burst is flushed."""
+
+    def flush(self) -> None:
+        """Write everything queued."""
+
+    def pause_reading(self) -> None:
+        """Stop reading from this transport."""
+
+    def resume_reading(self) -> None:
+        """Read from this transport again."""
+
+    def fail(self, code: ErrorCode, message: str) -> None:
+        """Send ERROR (after what is queued) and close the transport."""
+
+    def close(self) -> None:
+        """Flush and close the transport without an ERROR."""
+
+
+class RelayCounters(Protocol):
+    """Hot-path counters the relay increments (plain int attributes)."""
+
+    frames_c2a: int
+    frames_a2c: int
+    bytes_c2a: int
+    bytes_a2c: int
+    frames_dropped_duplicate: int
+    frames_unknown_type: int
+
+
+class Session:
+    """The daemon's state for one session. See the module docstring."""
+
+    def __init__(
+        self,
+        session_id: int,
+        tenant: int,
+        agent: int,
+        token_hash: bytes,
+        *,
+        counters: RelayCounters,
+        ring_size: int,
+        drop_oldest: bool = False,
+        capabilities: int = 0,
+        state: SessionState = SessionState.CONNECTING,
+        created_at: float = 0.0,
+    ) -> None:
+        self.session_id = session_id
+        self.tenant = tenant
+        self.agent = agent
+        #: SHA-256 of the resume token; the token itself is never kept.
+        self.token_hash = token_hash
+        #: Capabilities of the attached client (SPEC §5).
+        self.capabilities = capabilities
+        self.sm = SessionStateMachine(state)
+        self.ring = ReplayRing(ring_size, drop_oldest=drop_oldest)
+        self.counters = counters
+        self.client: Leg | None = None
+        self.agent_leg: Leg | None = None
+        #: Highest client DATA SEQ passed on to the agent.
+        self.c2a_last = 0
+        #: Highest agent DATA SEQ received.
+        self.a2c_last = 0
+        #: The agent's latest ACK of client DATA.
+        self.agent_acked = 0
+        #: Latest WINSIZE payload from the client, and the last one the agent got.
+        self.winsize: bytes | None = None
+        self.winsize_sent: bytes | None = None
+        #: An agent DISCONNECT (encoded) still owed to an absent client.
+        self.pending_disconnect: bytes | None = None
+        #: Wall-clock times (for the session table and expiry).
+        self.created_at = created_at
+        self.detached_at: float | None = None
+        #: Why the session ended, once CLOSED.
+        self.close_reason = ""
+        self._legacy_ack: int | None = None
+        self._agent_paused = False
+        self._client_paused = False
+        #: Called with (session, input) after every state transition.
+        self.on_transition: list[object] = []
+
+    # -- state ------------------------------------------------------------
+
+    @property
+    def state(self) -> SessionState:
+        return self.sm.state
+
+    @property
+    def closed(self) -> bool:
+        return self.sm.state is SessionState.CLOSED
+
+    @property
+    def acks_itself(self) -> bool:
+        """True if the client sends ACK frames (capability 0x01)."""
+        return bool(self.capabilities & Capability.ACK)
+
+    # -- client side -------------------------------------------------------
+
+    def client_frame(self, frame: Frame) -> None:
+        """Handle one frame from the attached client.
+
+        Raises :class:`~clawterm.errors.RemoteProtocolError` for a frame the
+        protocol does not allow; the adapter answers ERROR and detaches.
+        """
+        if frame.session_id != self.session_id:
+            raise ProtocolViolation(f"frame for session {frame.session_id} on another session")
+        ftype = frame.type
+        agent = self.agent_leg
+        if ftype == _DATA:
+            if not is_newer(frame.seq, self.c2a_last):
+                self.counters.frames_dropped_duplicate += 1
+                return
+            self.c2a_last = frame.seq
+            self.counters.frames_c2a += 1
+            self.counters.bytes_c2a += len(frame.raw) - 15
+            if agent is not None:
+                agent.send(frame.raw)
+        elif ftype == _ACK:
+            ack = Ack.decode(frame.payload)
+            if ack.seq is None:
+                # Legacy empty ACK: the oldest unacknowledged frame (SPEC §4),
+                # passed on as an explicit u32.
+                seq = self.ring.ack_oldest()
+                if seq is not None and agent is not None:
+                    agent.send(encode_frame(_ACK, self.session_id, 0, Ack(seq).encode()))
+            else:
+                self.ring.ack(ack.seq)
+                if agent is not None:
+                    agent.send(frame.raw)
+            self._update_agent_reading()
+        elif ftype == FrameType.KEEPALIVE:
+            check_empty(FrameType.KEEPALIVE, frame.payload)
+            if frame.flags & _PING and self.client is not None:
+                self.client.send(
+                    encode_frame(
+                        FrameType.KEEPALIVE,
+                        self.session_id,
+                        self.a2c_last,
+                        flags=KeepaliveFlag.PONG,
+                    )
+                )
+        elif ftype == FrameType.WINSIZE:
+            WinSize.decode(frame.payload)
+            self.winsize = bytes(frame.payload)
+            if agent is not None and self.winsize != self.winsize_sent:
+                agent.send(frame.raw)
+                self.winsize_sent = self.winsize
+        elif ftype == FrameType.SUSPEND:
+            check_empty(FrameType.SUSPEND, frame.payload)
+            self.detach(SessionInput.SUSPEND, "client suspended")
+        elif ftype == FrameType.DISCONNECT:
+            Disconnect.decode(frame.payload)
+            if agent is not None:
+                agent.send(frame.raw)
+            self.end("client disconnected", SessionInput.DISCONNECT)
+        elif ftype == FrameType.ERROR:
+            # The client is going away with an error; the session stays (SPEC §12).
+            self.detach(SessionInput.TRANSPORT_LOST, "client sent ERROR")
+        elif ftype in _CLIENT_NEVER_SENDS:
+            raise ProtocolViolation(f"unexpected {FrameType(ftype).name} from client")
+        else:
+            self.counters.frames_unknown_type += 1
+
+    def attach(self, client: Leg, last_rx_seq: int, capabilities: int) -> None:
+        """Attach a client that sent a valid RESUME (or just got ACCEPT).
+
+        Sends RESUMED (when resuming), replays what the client has not got,
+        and tells the agent the client is back (SPEC §6, §14). The caller has
+        already detached any previous client (takeover).
+        """
+        resuming = self.sm.state is not SessionState.CONNECTING
+        self.sm.handle(SessionInput.RESUME if resuming else SessionInput.ACCEPTED)
+        self.client = client
+        self.capabilities = capabilities
+        self.detached_at = None
+        self._client_paused = False
+        if resuming:
+            # The client has everything up to last_rx_seq: that is an ACK too.
+            if last_rx_seq and is_newer(last_rx_seq, self.ring.acked):
+                self.ring.ack(last_rx_seq)
+                if self.agent_leg is not None:
+                    self.agent_leg.send(
+                        encode_frame(_ACK, self.session_id, 0, Ack(last_rx_seq).encode())
+                    )
+            flags = ResumedFlag.GAP if self.ring.gap(last_rx_seq) else 0
+            client.send(
+                encode_frame(
+                    FrameType.RESUMED,
+                    self.session_id,
+                    self.a2c_last,
+                    Resumed(self.session_id, self.c2a_last).encode(),
+                    flags,
+                )
+            )
+            for raw in self.ring.frames_after(last_rx_seq):
+                client.send(frame_with_flags(raw, raw[10] | DataFlag.REPLAY))
+                if not self.acks_itself:
+                    self._legacy_ack = int.from_bytes(raw[5:9], "big")
+            if self.agent_acked:
+                client.send(encode_frame(_ACK, self.session_id, 0, Ack(self.agent_acked).encode()))
+            if self.agent_leg is not None:
+                self.agent_leg.send(encode_frame(FrameType.RESUMED, self.session_id, 0))
+                if self.winsize is not None and self.winsize != self.winsize_sent:
+                    self.agent_leg.send(
+                        encode_frame(FrameType.WINSIZE, self.session_id, 0, self.winsize)
+                    )
+                    self.winsize_sent = self.winsize
+        if self.pending_disconnect is not None:
+            client.send(self.pending_disconnect)
+            self.pending_disconnect = None
+            self.end(self.close_reason or "agent ended the session", SessionInput.DISCONNECT)
+            return
+        self._update_agent_reading()
+
+    def detach(self, why: SessionInput, reason: str) -> None:
+        """The client left (SUSPEND) or its transport was lost.
+
+        The session becomes SUSPENDED and stays warm; the agent is told
+        (SPEC §9, §14). Idempotent for a session with no client.
+        """
+        client = self.client
+        if client is None or self.closed:
+            return
+        self.client = None
+        self.sm.handle(why)
+        self.close_reason = reason
+        if why is SessionInput.SUSPEND:
+            client.close()
+        if self.agent_leg is not None:
+            self.agent_leg.send(encode_frame(FrameType.SUSPEND, self.session_id, 0))
+        self._client_paused = False
+        self._update_agent_reading()
+
+    def take_client(self) -> Leg | None:
+        """Detach the current client without closing it (takeover, SPEC §6)."""
+        client = self.client
+        if client is not None:
+            self.client = None
+            self.sm.handle(SessionInput.TRANSPORT_LOST)
+        return client
+
+    # -- agent side --------------------------------------------------------
+
+    def agent_frame(self, frame: Frame) -> None:
+        """Handle one frame from the agent after its handshake."""
+        ftype = frame.type
+        client = self.client
+        if ftype == _DATA:
+            if frame.session_id != self.session_id or not is_newer(frame.seq, self.a2c_last):
+                self.counters.frames_dropped_duplicate += 1
+                return
+            self.a2c_last = frame.seq
+            raw = bytes(frame.raw)
+            self.ring.append(frame.seq, raw)
+            self.counters.frames_a2c += 1
+            self.counters.bytes_a2c += len(raw) - 15
+            if client is not None:
+                client.send(raw)
+                if not self.acks_itself:
+                    self._legacy_ack = frame.seq
+            if self.ring.full and not self._agent_paused:
+                self._set_agent_paused(True)
+        elif ftype == _ACK:
+            ack = Ack.decode(frame.payload)
+            if ack.seq is not None:
+                self.agent_acked = ack.seq
+                if client is not None:
+                    client.send(frame.raw)
+        elif ftype == FrameType.KEEPALIVE:
+            if frame.flags & _PING and self.agent_leg is not None:
+                self.agent_leg.send(
+                    encode_frame(FrameType.KEEPALIVE, self.session_id, 0, flags=KeepaliveFlag.PONG)
+                )
+        elif ftype == FrameType.DISCONNECT:
+            Disconnect.decode(frame.payload)
+            self.agent_ended(bytes(frame.raw), "agent disconnected")
+        elif ftype == FrameType.ERROR:
+            self.agent_gone("agent sent ERROR")
+        else:
+            self.counters.frames_unknown_type += 1
+
+    def agent_ended(self, disconnect: bytes, reason: str) -> None:
+        """The agent ended the session with ``disconnect`` (an encoded frame).
+
+        Delivered to the client behind the output before it; if the client is
+        away, on its next RESUME (SPEC §10).
+        """
+        if self.closed:
+            return
+        leg = self.agent_leg
+        self.agent_leg = None
+        if leg is not None:
+            leg.close()
+        self.close_reason = reason
+        if self.client is not None:
+            self.client.send(disconnect)
+            self.end(reason, SessionInput.DISCONNECT)
+        else:
+            self.pending_disconnect = disconnect
+
+    def agent_gone(self, reason: str = "agent gone") -> None:
+        """The agent connection broke: AGENT_GONE toward the client (SPEC §14)."""
+        if self.closed:
+            return
+        self.agent_ended(
+            encode_frame(
+                FrameType.DISCONNECT,
+                self.session_id,
+                self.a2c_last,
+                Disconnect(ErrorCode.AGENT_GONE, reason).encode(),
+            ),
+            reason,
+        )
+
+    # -- end and flush -----------------------------------------------------
+
+    def end(self, reason: str, why: SessionInput) -> None:
+        """End the session: close both legs, drop the ring."""
+        if self.closed:
+            return
+        self.close_reason = reason
+        if self.sm.can(why):
+            self.sm.handle(why)
+        else:
+            self.sm.state = SessionState.CLOSED
+        client, agent = self.client, self.agent_leg
+        self.client = self.agent_leg = None
+        if client is not None:
+            client.close()
+        if agent is not None:
+            agent.close()
+        self.ring.clear()
+
+    def flush(self) -> None:
+        """Write what the last burst queued on both legs."""
+        if self._legacy_ack is not None:
+            seq, self._legacy_ack = self._legacy_ack, None
+            # The daemon acknowledges on write for clients without ACK (SPEC §4).
+            self.ring.ack(seq)
+            if self.agent_leg is not None:
+                self.agent_leg.send(encode_frame(_ACK, self.session_id, 0, Ack(seq).encode()))
+            self._update_agent_reading()
+        if self.client is not None:
+            self.client.flush()
+        if self.agent_leg is not None:
+            self.agent_leg.flush()
+
+    # -- backpressure ------------------------------------------------------
+
+    def _set_agent_paused(self, paused: bool) -> None:
+        self._agent_paused = paused
+        leg = self.agent_leg
+        if leg is not None:
+            if paused:
+                leg.pause_reading()
+            else:
+                leg.resume_reading()
+
+    def _update_agent_reading(self) -> None:
+        client = self.client
+        pause = self.ring.full or (client is not None and client.writing_paused)
+        if pause != self._agent_paused:
+            self._set_agent_paused(pause)
+
+    def client_writing_changed(self) -> None:
+        """The client's transport crossed its high- or low-water mark."""
+        self._update_agent_reading()
+
+    def agent_writing_changed(self) -> None:
+        """The agent's transport crossed its high- or low-water mark."""
+        leg, client = self.agent_leg, self.client
+        pause = leg is not None and leg.writing_paused
+        if client is not None and pause != self._client_paused:
+            self._client_paused = pause
+            if pause:
+                client.pause_reading()
+            else:
+                client.resume_reading()
+
+    def agent_attached(self, leg: Leg) -> None:
+        """A (re)connected agent leg; apply the current backpressure to it."""
+        self.agent_leg = leg
+        if self._agent_paused:
+            leg.pause_reading()
+
+
+_CLIENT_NEVER_SENDS = frozenset(
+    {
+        FrameType.CONNECT,
+        FrameType.ACCEPT,
+        FrameType.RESUME,
+        FrameType.RESUMED,
+        FrameType.NACK,
+    }
+)
