@@ -420,3 +420,31 @@ def test_socket_dir_is_a_file(tmp_path: Path) -> None:
             await reg.start()
 
     run(main)
+
+
+def test_tenant_dir_renamed_to_another_tenant(tmp_path: Path, sockets: list[socket.socket]) -> None:
+    (tmp_path / "5").mkdir()
+    listen(tmp_path / "5" / "1.sock", sockets)
+
+    async def main() -> None:
+        reg = AgentRegistry(tmp_path)
+        await reg.start()
+        try:
+            os.rename(tmp_path / "5", tmp_path / "6")
+            await eventually(lambda: reg.agents() == [(6, 1)])
+            # The watch follows the directory under its new name only.
+            listen(tmp_path / "6" / "2.sock", sockets)
+            await eventually(lambda: (6, 2) in reg)
+            await settle()
+            assert sorted(reg.agents()) == [(6, 1), (6, 2)]
+            # Renamed over an existing empty tenant directory.
+            (tmp_path / "7").mkdir()
+            await settle()
+            os.rename(tmp_path / "6", tmp_path / "7")
+            await eventually(lambda: sorted(reg.agents()) == [(7, 1), (7, 2)])
+            os.unlink(tmp_path / "7" / "1.sock")
+            await eventually(lambda: reg.agents() == [(7, 2)])
+        finally:
+            await reg.close()
+
+    run(main)
