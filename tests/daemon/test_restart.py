@@ -188,7 +188,8 @@ def test_truncated_state_file_keeps_what_it_can(tmp_path: Path) -> None:
 
         async def main() -> None:
             agent = await EchoAgent(d.socket_dir).start()
-            c = await session(d, agent)
+            for _ in range(30):
+                await session(d, agent)
             await agent.stop(unlink=False)
 
         run(main())
