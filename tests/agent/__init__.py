@@ -1,0 +1,1 @@
+"""Agent SDK, PTY runner, demo and echo agents."""

@@ -1,0 +1,232 @@
+"""A minimal daemon side of the agent leg, over a real Unix socket, for tests.
+
+It speaks frames with the core codec only (encode_frame, FrameDecoder,
+payloads), so what it checks is the wire, not the SDK's own view of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import TypeVar
+
+from clawterm.agent import AgentServer, Handler
+from clawterm.constants import DataFlag, FrameType
+from clawterm.frame import Frame, FrameDecoder, encode_frame
+from clawterm.payloads import Accept, Ack, Connect, Disconnect, Error, Resume, Resumed, WinSize
+
+T = TypeVar("T")
+
+TIMEOUT = 5.0
+
+
+class LegClosed(Exception):
+    """The agent closed the connection."""
+
+
+class DaemonLeg:
+    """The daemon's end of one agent-leg connection."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.decoder = FrameDecoder()
+        self.frames: list[Frame] = []
+        self.session_id = 0
+        #: SEQ of the last client DATA frame sent.
+        self.tx_seq = 0
+        #: Every agent DATA frame received, by SEQ (duplicates overwrite).
+        self.data: dict[int, bytes] = {}
+        #: Non-DATA frames :meth:`output_until` read past.
+        self.other: list[Frame] = []
+
+    @classmethod
+    async def open(cls, path: Path) -> DaemonLeg:
+        reader, writer = await asyncio.open_unix_connection(str(path))
+        return cls(reader, writer)
+
+    # -- sending -------------------------------------------------------------
+
+    def send(
+        self,
+        type: int,
+        payload: bytes = b"",
+        *,
+        seq: int = 0,
+        flags: int = 0,
+        sid: int | None = None,
+    ) -> None:
+        sid = self.session_id if sid is None else sid
+        self.writer.write(encode_frame(type, sid, seq, payload, flags))
+
+    def send_raw(self, data: bytes) -> None:
+        self.writer.write(data)
+
+    def send_data(self, payload: bytes, *, seq: int | None = None, flags: int = 0) -> int:
+        """Send client DATA numbered after the last (or with ``seq``); returns its SEQ."""
+        if seq is None:
+            self.tx_seq += 1
+            seq = self.tx_seq
+        self.send(FrameType.DATA, payload, seq=seq, flags=flags)
+        return seq
+
+    def ack(self, seq: int) -> None:
+        self.send(FrameType.ACK, Ack(seq).encode(), seq=self.tx_seq)
+
+    def winsize(self, rows: int, cols: int, xpixel: int | None = None) -> None:
+        ws = WinSize(rows, cols, xpixel, 0 if xpixel is not None else None)
+        self.send(FrameType.WINSIZE, ws.encode(), seq=self.tx_seq)
+
+    async def drain(self) -> None:
+        await self.writer.drain()
+
+    # -- receiving -----------------------------------------------------------
+
+    async def recv(self, timeout: float = TIMEOUT) -> Frame:
+        """The next frame from the agent (payload copied); LegClosed at EOF."""
+        deadline = time.monotonic() + timeout
+        while not self.frames:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError("no frame from the agent")
+            chunk = await asyncio.wait_for(self.reader.read(1 << 20), remaining)
+            if not chunk:
+                raise LegClosed()
+            for view in self.decoder.feed(chunk):
+                frame = view._replace(raw=bytes(view.raw))
+                if frame.type == FrameType.DATA:
+                    self.data[frame.seq] = bytes(frame.payload)
+                self.frames.append(frame)
+        return self.frames.pop(0)
+
+    async def expect(self, type: int, timeout: float = TIMEOUT) -> Frame:
+        """The next frame, which must be of ``type``."""
+        frame = await self.recv(timeout)
+        assert frame.type == type, f"expected {FrameType(type).name}, got {frame!r}"
+        return frame
+
+    async def next_data(self, timeout: float = TIMEOUT) -> Frame:
+        """The next DATA frame; other frames go to :attr:`other`."""
+        while True:
+            frame = await self.recv(timeout)
+            if frame.type == FrameType.DATA:
+                return frame
+            self.other.append(frame)
+
+    async def recv_until(
+        self, predicate: Callable[[Frame], bool], timeout: float = TIMEOUT
+    ) -> list[Frame]:
+        """Frames up to and including the first one ``predicate`` accepts."""
+        deadline = time.monotonic() + timeout
+        out: list[Frame] = []
+        while True:
+            frame = await self.recv(max(0.0, deadline - time.monotonic()))
+            out.append(frame)
+            if predicate(frame):
+                return out
+
+    async def output_until(self, needle: bytes, timeout: float = TIMEOUT) -> bytes:
+        """Agent DATA payloads concatenated until they contain ``needle``.
+
+        Acknowledges what it reads, as a client would. Other frames are kept
+        in :attr:`other`.
+        """
+        deadline = time.monotonic() + timeout
+        out = bytearray()
+        while needle not in out:
+            try:
+                frame = await self.recv(max(0.0, deadline - time.monotonic()))
+            except TimeoutError:
+                raise TimeoutError(f"{needle!r} not in {bytes(out[-400:])!r}") from None
+            if frame.type == FrameType.DATA:
+                out += frame.payload
+                self.ack(frame.seq)
+            else:
+                self.other.append(frame)
+        return bytes(out)
+
+    async def closed(self, timeout: float = TIMEOUT) -> list[Frame]:
+        """Every frame until the agent closes the connection."""
+        out: list[Frame] = []
+        with contextlib.suppress(LegClosed):
+            while True:
+                out.append(await self.recv(timeout))
+        return out
+
+    # -- handshakes ----------------------------------------------------------
+
+    async def connect(self, sid: int, tenant: int = 0, agent: int = 1) -> Accept:
+        """CONNECT as the daemon does (SPEC §14); returns the decoded ACCEPT."""
+        self.session_id = sid
+        payload = Connect(1, 0x07, tenant, agent, bytes(32), os.urandom(16)).encode()
+        self.send(FrameType.CONNECT, payload)
+        frame = await self.recv()
+        assert frame.type == FrameType.ACCEPT, frame
+        assert frame.session_id == sid
+        assert len(frame.payload) == 24
+        return Accept.decode(frame.payload)
+
+    async def resume(self, sid: int, last_rx_seq: int) -> Frame:
+        """RESUME (SPEC §14); returns the answer (RESUMED or ERROR), undecoded."""
+        self.session_id = sid
+        self.send(FrameType.RESUME, Resume(sid, last_rx_seq, bytes(16)).encode())
+        return await self.recv()
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        transport = self.writer.transport
+        transport.abort()
+
+
+def resumed(frame: Frame) -> Resumed:
+    assert frame.type == FrameType.RESUMED, frame
+    return Resumed.decode(frame.payload)
+
+
+def error(frame: Frame) -> Error:
+    assert frame.type == FrameType.ERROR, frame
+    return Error.decode(frame.payload)
+
+
+def disconnect(frame: Frame) -> Disconnect:
+    assert frame.type == FrameType.DISCONNECT, frame
+    return Disconnect.decode(frame.payload)
+
+
+def is_more(frame: Frame) -> bool:
+    return bool(frame.flags & DataFlag.MORE)
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    handler: Handler, socket_dir: Path, **kwargs: object
+) -> AsyncIterator[AgentServer]:
+    """An :class:`AgentServer` on ``socket_dir`` for the duration of the block."""
+    server = AgentServer(handler, socket_dir=socket_dir, **kwargs)  # type: ignore[arg-type]
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop(drain=2.0)
+
+
+async def eventually(check: Callable[[], T], timeout: float = TIMEOUT, every: float = 0.01) -> T:
+    """Poll ``check`` until it returns something truthy; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met: {check}")
+        await asyncio.sleep(every)
+
+
+async def wait_for(aw: Awaitable[T], timeout: float = TIMEOUT) -> T:
+    return await asyncio.wait_for(aw, timeout)
