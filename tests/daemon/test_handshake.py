@@ -78,6 +78,18 @@ def test_connect_accept_and_echo(d: DaemonProcess, size: int) -> None:
     with_agent(d, body)
 
 
+def test_output_sent_with_accept_reaches_the_new_client(d: DaemonProcess) -> None:
+    async def body(agent: EchoAgent) -> None:
+        c = await WireClient.open(d.port)
+        await c.connect(d.token)
+        assert await c.data() == b"welcome> "
+        frame_seq = c.rx.last_rx
+        assert frame_seq == 1
+        await c.close()
+
+    with_agent(d, body, prompt=b"welcome> ")
+
+
 def test_accept_prefix_is_what_published_clients_read(d: DaemonProcess) -> None:
     async def body(agent: EchoAgent) -> None:
         c = await WireClient.open(d.port)

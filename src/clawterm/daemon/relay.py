@@ -140,8 +140,6 @@ class Session:
         self._legacy_ack: int | None = None
         self._agent_paused = False
         self._client_paused = False
-        #: Called with (session, input) after every state transition.
-        self.on_transition: list[object] = []
 
     # -- state ------------------------------------------------------------
 
@@ -269,6 +267,13 @@ class Session:
                         encode_frame(FrameType.WINSIZE, self.session_id, 0, self.winsize)
                     )
                     self.winsize_sent = self.winsize
+        else:
+            # Output the agent sent right after its ACCEPT, before the client
+            # was attached: live traffic, not a replay.
+            for raw in self.ring.frames_after(0):
+                client.send(raw)
+                if not self.acks_itself:
+                    self._legacy_ack = int.from_bytes(raw[5:9], "big")
         if self.pending_disconnect is not None:
             client.send(self.pending_disconnect)
             self.pending_disconnect = None

@@ -559,8 +559,8 @@ class Daemon:
             # Device switch: the newer RESUME wins (SPEC §6).
             assert isinstance(old, ClientProtocol)
             self.log_event("takeover", session, peer=old.peer)
-            old.session = None
             old.fail(ErrorCode.TAKEN_OVER, "session taken over by another connection")
+            old.session = None
         self._handshake_done(proto)
         proto.session = session
         session.attach(proto, last_rx, session.capabilities)
