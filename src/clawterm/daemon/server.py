@@ -307,7 +307,6 @@ class Daemon:
         session = proto.session
         if session is not None and session.client is proto:
             session.detach(SessionInput.TRANSPORT_LOST, "transport lost")
-            self.log_event("suspend", session, peer=proto.peer, reason="transport lost")
             self.after_burst(session)
 
     def _handshake_done_quietly(self, proto: ClientProtocol) -> None:
@@ -596,8 +595,11 @@ class Daemon:
             return
         if state is SessionState.CONNECTING:
             return
-        if state is SessionState.SUSPENDED and session.detached_at is None:
-            session.detached_at = time.time()
+        if state is SessionState.SUSPENDED:
+            if session.detached_at is None:
+                session.detached_at = time.time()
+            if force_state is None:
+                self.log_event("suspend", session, reason=session.close_reason)
         self._persisted[sid] = state
         self.store.upsert(
             SessionRecord(
@@ -703,7 +705,6 @@ class Daemon:
             if now - proto.last_rx > 3 * keepalive:
                 # Dead transport (SPEC §8): the session becomes SUSPENDED.
                 session = proto.session
-                self.log_event("suspend", session, peer=proto.peer, reason="keepalive timeout")
                 proto.abort()
                 if session.client is proto:
                     session.detach(SessionInput.TRANSPORT_LOST, "keepalive timeout")
