@@ -388,6 +388,9 @@ class EchoAgent:
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
+        except asyncio.CancelledError:
+            # The loop is shutting down with the agent: end quietly.
+            return
         finally:
             writer.close()
 
