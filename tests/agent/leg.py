@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -28,12 +29,53 @@ class LegClosed(Exception):
     """The agent closed the connection."""
 
 
+class _Pipe(asyncio.Protocol):
+    """Bytes in a buffer; unlike a StreamReader, bytes that arrived before a
+    write error (EPIPE after the agent closed) are still readable."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
+        self.eof = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes:
+        while not self.buffer and not self.eof:
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        data = bytes(self.buffer)
+        self.buffer.clear()
+        return data
+
+
 class DaemonLeg:
     """The daemon's end of one agent-leg connection."""
 
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader = reader
-        self.writer = writer
+    def __init__(self, pipe: _Pipe) -> None:
+        assert pipe.transport is not None
+        self.pipe = pipe
+        self.transport = pipe.transport
         self.decoder = FrameDecoder()
         self.frames: list[Frame] = []
         self.session_id = 0
@@ -41,13 +83,14 @@ class DaemonLeg:
         self.tx_seq = 0
         #: Every agent DATA frame received, by SEQ (duplicates overwrite).
         self.data: dict[int, bytes] = {}
-        #: Non-DATA frames :meth:`output_until` read past.
+        #: Non-DATA frames :meth:`output_until` and :meth:`next_data` read past.
         self.other: list[Frame] = []
 
     @classmethod
     async def open(cls, path: Path) -> DaemonLeg:
-        reader, writer = await asyncio.open_unix_connection(str(path))
-        return cls(reader, writer)
+        loop = asyncio.get_running_loop()
+        _, pipe = await loop.create_unix_connection(_Pipe, str(path))
+        return cls(pipe)
 
     # -- sending -------------------------------------------------------------
 
@@ -61,10 +104,10 @@ class DaemonLeg:
         sid: int | None = None,
     ) -> None:
         sid = self.session_id if sid is None else sid
-        self.writer.write(encode_frame(type, sid, seq, payload, flags))
+        self.transport.write(encode_frame(type, sid, seq, payload, flags))
 
     def send_raw(self, data: bytes) -> None:
-        self.writer.write(data)
+        self.transport.write(data)
 
     def send_data(self, payload: bytes, *, seq: int | None = None, flags: int = 0) -> int:
         """Send client DATA numbered after the last (or with ``seq``); returns its SEQ."""
@@ -81,9 +124,6 @@ class DaemonLeg:
         ws = WinSize(rows, cols, xpixel, 0 if xpixel is not None else None)
         self.send(FrameType.WINSIZE, ws.encode(), seq=self.tx_seq)
 
-    async def drain(self) -> None:
-        await self.writer.drain()
-
     # -- receiving -----------------------------------------------------------
 
     async def recv(self, timeout: float = TIMEOUT) -> Frame:
@@ -93,7 +133,7 @@ class DaemonLeg:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("no frame from the agent")
-            chunk = await asyncio.wait_for(self.reader.read(1 << 20), remaining)
+            chunk = await asyncio.wait_for(self.pipe.read(), remaining)
             if not chunk:
                 raise LegClosed()
             for view in self.decoder.feed(chunk):
@@ -129,7 +169,9 @@ class DaemonLeg:
             if predicate(frame):
                 return out
 
-    async def output_until(self, needle: bytes, timeout: float = TIMEOUT) -> bytes:
+    async def output_until(
+        self, needle: bytes, timeout: float = TIMEOUT, *, min_bytes: int = 0
+    ) -> bytes:
         """Agent DATA payloads concatenated until they contain ``needle``.
 
         Acknowledges what it reads, as a client would. Other frames are kept
@@ -137,7 +179,7 @@ class DaemonLeg:
         """
         deadline = time.monotonic() + timeout
         out = bytearray()
-        while needle not in out:
+        while needle not in out or len(out) < min_bytes:
             try:
                 frame = await self.recv(max(0.0, deadline - time.monotonic()))
             except TimeoutError:
@@ -148,6 +190,14 @@ class DaemonLeg:
             else:
                 self.other.append(frame)
         return bytes(out)
+
+    async def output_match(self, pattern: bytes, timeout: float = TIMEOUT) -> re.Match[bytes]:
+        """Like :meth:`output_until`, until the output matches the regex ``pattern``."""
+        deadline = time.monotonic() + timeout
+        out = b""
+        while (match := re.search(pattern, out)) is None:
+            out += await self.output_until(b"", max(0.0, deadline - time.monotonic()), min_bytes=1)
+        return match
 
     async def closed(self, timeout: float = TIMEOUT) -> list[Frame]:
         """Every frame until the agent closes the connection."""
@@ -176,12 +226,18 @@ class DaemonLeg:
         self.send(FrameType.RESUME, Resume(sid, last_rx_seq, bytes(16)).encode())
         return await self.recv()
 
+    def pause_reading(self) -> None:
+        """Stop reading the socket, like a daemon whose client is not reading."""
+        self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        self.transport.resume_reading()
+
     def close(self) -> None:
-        self.writer.close()
+        self.transport.close()
 
     def abort(self) -> None:
-        transport = self.writer.transport
-        transport.abort()
+        self.transport.abort()
 
 
 def resumed(frame: Frame) -> Resumed:

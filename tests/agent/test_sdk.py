@@ -357,6 +357,7 @@ async def test_send_blocks_while_the_daemon_does_not_read(socket_dir: Path) -> N
     async with serving(handler, socket_dir, ring_size=1 << 30) as server:
         leg = await DaemonLeg.open(server.path)
         await leg.connect(52)
+        leg.pause_reading()
         # Nobody reads: the socket buffers fill, the transport pauses, send() waits.
         await asyncio.sleep(0.5)
         stalled = sent
@@ -364,6 +365,7 @@ async def test_send_blocks_while_the_daemon_does_not_read(socket_dir: Path) -> N
         assert sent == stalled
         assert stalled < 2 << 20  # bounded by socket buffers + high-water mark
         # Reading (and acknowledging) lets it go on.
+        leg.resume_reading()
         for _ in range(40):
             frame = await leg.expect(FrameType.DATA)
             leg.ack(frame.seq)

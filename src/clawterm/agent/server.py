@@ -76,6 +76,8 @@ SOCKET_MODE = 0o660
 #: Bytes queued by a session's writes after which they are written at once
 #: rather than at the end of the loop iteration.
 FLUSH_AT = 64 * 1024
+#: Seconds the daemon has to close a connection the agent half-closed.
+CLOSE_TIMEOUT = 5.0
 
 
 class AgentSocketError(ClawTermError):
@@ -170,6 +172,7 @@ class _LegProtocol(asyncio.Protocol):
         self._timer_at: float | None = None
         self._closed = False
         self._unflushed = 0
+        self._shutdown: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol ----------------------------------------------------
 
@@ -195,6 +198,8 @@ class _LegProtocol(asyncio.Protocol):
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
+        if self._shutdown is not None:
+            self._shutdown.cancel()
         self.core.connection_lost(self._loop.time())
         self._dispatch()
         self._server._closed_legs.set()
@@ -257,8 +262,21 @@ class _LegProtocol(asyncio.Protocol):
         data = self.core.data_to_send()
         if data:
             transport.write(data)
-        if self.core.should_close and not transport.is_closing():
-            transport.close()  # after the buffered bytes are written
+        if self.core.should_close:
+            self._shut_down()
+
+    def _shut_down(self) -> None:
+        # Half-close, then let the daemon close: closing outright while its
+        # ACKs are in flight would make its next write fail (EPIPE) and its
+        # transport drop our DISCONNECT or ERROR unread.
+        transport = self.transport
+        if transport is None or self._closed or self._shutdown is not None:
+            return
+        if transport.can_write_eof():
+            transport.write_eof()  # after the buffered bytes are written
+            self._shutdown = self._loop.call_later(CLOSE_TIMEOUT, transport.abort)
+        else:
+            transport.close()
 
     def _arm(self) -> None:
         at = self.core.get_timer()
@@ -318,8 +336,7 @@ class _LegProtocol(asyncio.Protocol):
         """Write what the core has and close (used for a taken-over connection)."""
         self._dispatch()
         self._flush()
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+        self._shut_down()
 
     def abort(self) -> None:
         if self.transport is not None:
