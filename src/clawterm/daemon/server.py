@@ -580,6 +580,10 @@ class Daemon:
 
     def after_burst(self, session: Session) -> None:
         session.flush()
+        if self.stopping:
+            # stop() recorded every session already; transports closing now
+            # must not rewrite the table (it may be closed).
+            return
         state = session.state
         if self._persisted.get(session.session_id) is not state:
             self._persist(session)
