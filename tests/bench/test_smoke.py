@@ -1,0 +1,59 @@
+"""Smoke run of the benchmark suite: every scenario once, at minimal size.
+
+Real clawtermd, real peer relays, real TLS; the load generator checks the
+CRC and content of every echo. Writes nothing under docs/.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from bench.report import markdown, print_tables, targets
+from bench.suite import MODES, SYSTEMS, run_suite
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return run_suite(MODES["smoke"], tmp_path_factory.mktemp("bench"))
+
+
+def test_throughput_every_system_intact(results: dict[str, Any]) -> None:
+    rows = results["throughput"]
+    assert {r["system"] for r in rows} == set(SYSTEMS)
+    for r in rows:
+        assert r["frames"] > 0, r
+        assert r["bad"] == 0, r
+        assert r["errors"] == [], r
+        assert r["failures"] == 0, r
+        assert r["server_cpu"] >= 0
+
+
+def test_latency_no_loss(results: dict[str, Any]) -> None:
+    for r in results["latency"]:
+        assert r["lost"] == 0 and r["bad"] == 0, r
+        assert r["rtt_ms"]["p50"] > 0, r
+
+
+def test_scale_and_ai_load(results: dict[str, Any]) -> None:
+    sc = results["scale"]
+    assert sc["ramp"]["sessions"] == MODES["smoke"].scale_sessions
+    assert sc["lost"] == 0 and sc["bad"] == 0 and sc["errors"] == []
+    assert sc["rss_held"] > 0
+
+
+def test_resume_replays_full_ring(results: dict[str, Any]) -> None:
+    rz = results["resume"]
+    assert rz["ring_bytes"] == 256 * 1024
+    assert rz["total_ms"]["p50"] > 0
+
+
+def test_report_renders(results: dict[str, Any], tmp_path: Path) -> None:
+    print_tables(results)
+    text = markdown(results, "## Codec (bench/codec.py)\n\nkept\n", "smoke")
+    assert text.index("## Codec (bench/codec.py)") < text.index("## Targets")
+    assert len(targets(results)) == 8
