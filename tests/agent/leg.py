@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
-from clawterm.agent import AgentServer, Handler
+from clawterm.agent import AgentServer, Handler, Session
 from clawterm.constants import DataFlag, FrameType
 from clawterm.frame import Frame, FrameDecoder, encode_frame
 from clawterm.payloads import Accept, Ack, Connect, Disconnect, Error, Resume, Resumed, WinSize
@@ -282,6 +282,12 @@ async def eventually(check: Callable[[], T], timeout: float = TIMEOUT, every: fl
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met: {check}")
         await asyncio.sleep(every)
+
+
+async def first_session(server: AgentServer) -> Session:
+    """The server's first session, once it has one."""
+    await eventually(lambda: server.sessions)
+    return server.sessions[0]
 
 
 async def wait_for(aw: Awaitable[T], timeout: float = TIMEOUT) -> T:

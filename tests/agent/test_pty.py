@@ -12,7 +12,7 @@ import pytest
 from clawterm.agent.pty_runner import exit_disconnect, pty_handler
 from clawterm.constants import FrameType
 
-from .leg import DaemonLeg, disconnect, eventually, resumed, serving
+from .leg import DaemonLeg, disconnect, eventually, first_session, resumed, serving
 
 BASH = ["bash", "--norc", "--noprofile"]
 PYTHON = [sys.executable, "-i", "-q"]
@@ -162,7 +162,7 @@ async def test_backpressure_reaches_the_program(socket_dir: Path) -> None:
     async with serving(handler, socket_dir, ring_size=16384) as server:
         leg = await DaemonLeg.open(server.path)
         await leg.connect(7)
-        session = await eventually(lambda: server.sessions and server.sessions[0])
+        session = await first_session(server)
         # Nothing acknowledged: the agent stops at the ring size, so the
         # program (2 MB to write) blocks in write() instead of piling up.
         await eventually(lambda: session.unacked_bytes >= 16384)

@@ -22,6 +22,7 @@ from .leg import (
     disconnect,
     error,
     eventually,
+    first_session,
     is_more,
     resumed,
     serving,
@@ -371,6 +372,31 @@ async def test_send_blocks_while_the_daemon_does_not_read(socket_dir: Path) -> N
             leg.ack(frame.seq)
         await eventually(lambda: sent > stalled)
         leg.abort()
+
+
+async def test_a_client_ignoring_its_window_is_not_read_beyond_a_bound(socket_dir: Path) -> None:
+    gate = asyncio.Event()
+    got = 0
+
+    async def handler(session: Session) -> None:
+        nonlocal got
+        await gate.wait()
+        async for data in session:
+            got += len(data)
+
+    async with serving(handler, socket_dir, ring_size=65536) as server:
+        leg = await DaemonLeg.open(server.path)
+        await leg.connect(53)
+        chunk = bytes(60_000)
+        for _ in range(100):  # 6 MB, never waiting for an ACK
+            leg.send_data(chunk)
+        session = await first_session(server)
+        await asyncio.sleep(0.4)
+        # The limit, plus what one read of the socket can bring.
+        assert session._inbox_bytes <= server.inbox_limit + 256 * 1024 + len(chunk)
+        gate.set()
+        await eventually(lambda: got == 100 * len(chunk))
+        leg.close()
 
 
 # -- keepalive, notifications ---------------------------------------------
