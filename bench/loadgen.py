@@ -413,7 +413,6 @@ async def run(spec: dict[str, Any]) -> None:
             s.transport.close()
         emit("result", sessions=len(sessions), failures=failures, errors=st.errors[:5])
         return
-    rate = spec.get("rate", 0)
     warmup, duration = spec.get("warmup", 1.0), spec["duration"]
     if spec.get("window"):
         for s in sessions:
@@ -429,20 +428,8 @@ async def run(spec: dict[str, Any]) -> None:
         st.running = False
         await drain(st, 3.0)
     else:
-        await drive_rate(sessions, rate, min(warmup, 1.0))
-        await drain(st, 2.0)
-        st.timing = True
-        f0, b0, c0, t0 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
-        tx0 = st.tx_frames
-        emit("start")
-        await drive_rate(sessions, rate, duration)
-        await drain(st, 5.0)
-        f1, b1, c1, t1 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
-        emit("stop")
-        st.running = False
-        duration = t1 - t0
-        if st.tx_frames - tx0 > f1 - f0:
-            st.errors.append(f"lost {st.tx_frames - tx0 - (f1 - f0)} frames")
+        await rate_steps(spec, st, sessions, failures)
+        return
     elapsed = t1 - t0
     result = {
         "sessions": len(sessions),
@@ -462,6 +449,65 @@ async def run(spec: dict[str, Any]) -> None:
         s.transport.close()
     await asyncio.sleep(0.1)
     emit("result", **result)
+
+
+async def rate_steps(spec: dict[str, Any], st: Stats, sessions: list[Base], failures: int) -> None:
+    """Open-loop load on the first n sessions for each n of ``steps`` (ascending).
+
+    The offered rate is ``rate`` in total, or ``rate_per_session`` × n. After
+    each step the echoes still in flight get 5 s to arrive; those that do not
+    are reported as ``late`` (lost or late). After the last step, 10 s more,
+    then ``lost`` is what never came back at all.
+    """
+    steps = [n for n in spec.get("steps", []) if n <= len(sessions)] or [len(sessions)]
+    per_session = spec.get("rate_per_session", 0.0)
+
+    def offered(n: int) -> float:
+        return per_session * n if per_session else float(spec["rate"])
+
+    await drive_rate(sessions[: steps[0]], offered(steps[0]), min(spec.get("warmup", 1.0), 1.0))
+    await drain(st, 2.0)
+    for n in steps:
+        rate = offered(n)
+        st.rtts = []
+        st.timing = True
+        f0, b0, c0, t0, tx0 = (
+            st.rx_frames,
+            st.rx_bytes,
+            cpu_self(),
+            time.perf_counter(),
+            st.tx_frames,
+        )
+        emit("start")
+        await drive_rate(sessions[:n], rate, spec["duration"])
+        f1, b1, c1, t1 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
+        emit("stop")
+        await drain(st, 5.0)
+        st.timing = False
+        elapsed = t1 - t0
+        emit(
+            "result",
+            sessions=n,
+            offered=rate,
+            failures=failures,
+            frames=f1 - f0,
+            bytes=b1 - b0,
+            seconds=elapsed,
+            fps=(f1 - f0) / elapsed,
+            mbps=(b1 - b0) / elapsed / 1e6,
+            loadgen_cpu=(c1 - c0) / elapsed,
+            sent=st.tx_frames - tx0,
+            late=max(0, (st.tx_frames - tx0) - (st.rx_frames - f0)),
+            bad=st.bad,
+            errors=st.errors[:5],
+            rtt_ms=percentiles(st.rtts),
+        )
+    st.running = False
+    await drain(st, 10.0)
+    emit("final", lost=max(0, st.tx_frames - st.rx_frames), bad=st.bad, errors=st.errors[:5])
+    for s in sessions:
+        s.transport.close()
+    await asyncio.sleep(0.1)
 
 
 async def resume(spec: dict[str, Any]) -> None:

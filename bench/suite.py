@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import (
+    CLK_TCK,
     Daemon,
     cores,
     cpu_seconds,
@@ -56,14 +57,26 @@ class Mode:
     scale_sessions: int
     ai_duration: float
     resume_reps: int
+    ai_steps: list[int]
     verify: bool = False
     big_sessions_max_size: int = 4096
 
 
 MODES = {
-    "full": Mode("full", [64, 4096, 65535], [1, 64, 1000], 1.0, 3.0, 4.0, 9900, 6.0, 20),
-    "quick": Mode("quick", [64, 4096], [1, 64], 0.5, 1.0, 1.5, 1000, 2.0, 5),
-    "smoke": Mode("smoke", [64], [1, 4], 0.1, 0.3, 0.3, 20, 0.5, 1, verify=True),
+    "full": Mode(
+        "full",
+        [64, 4096, 65535],
+        [1, 64, 1000],
+        1.0,
+        3.0,
+        4.0,
+        9900,
+        4.0,
+        20,
+        [1000, 2500, 5000, 9900],
+    ),
+    "quick": Mode("quick", [64, 4096], [1, 64], 0.5, 1.0, 1.5, 1000, 2.0, 5, [500, 1000]),
+    "smoke": Mode("smoke", [64], [1, 4], 0.1, 0.3, 0.3, 20, 0.5, 1, [10, 20], verify=True),
 }
 
 
@@ -144,8 +157,25 @@ def stop_env(env: Env) -> None:
     stop(env.agent)
 
 
+def busy_seconds() -> float:
+    """Process CPU time of the whole machine (user + nice + system, all cores), seconds.
+
+    Interrupt and softirq time (where loopback TCP does much of its work)
+    is left out: it is caused by the benchmark itself.
+    """
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:4]]
+    return sum(fields) / CLK_TCK
+
+
 def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-    """Run one load generator against ``system``; its result plus CPU readings."""
+    """Run one load generator against ``system``; its result(s) plus CPU readings.
+
+    Returns the last result; with several (``steps``) they are all under
+    ``"steps"``. Each result gets the server's and agent's share of a core,
+    and ``other_cpu``: CPU the rest of the machine used in that window
+    (anything above a few percent means a noisy neighbour).
+    """
     spec = {"host": "127.0.0.1", "port": env.ports[system], "proto": PROTO[system], **spec}
     spec.setdefault("token", env.daemon.token)
     proc = spawn(
@@ -159,21 +189,19 @@ def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -
     pid = env.pid(system)
     agent_pid = env.agent.pid
     out: dict[str, Any] = {}
-    marks: dict[str, tuple[float, float, float, int]] = {}
+    steps: list[dict[str, Any]] = []
+    marks: dict[str, tuple[float, float, float, float]] = {}
+
+    def mark() -> tuple[float, float, float, float]:
+        return (time.perf_counter(), cpu_seconds(pid), cpu_seconds(agent_pid), busy_seconds())
+
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
             msg = json.loads(line)
             event = msg.pop("event")
-            if event in ("start", "stop"):
-                marks[event] = (
-                    time.perf_counter(),
-                    cpu_seconds(pid),
-                    cpu_seconds(agent_pid),
-                    rss_bytes(pid),
-                )
-            elif event == "ramping":
-                marks[event] = (time.perf_counter(), cpu_seconds(pid), cpu_seconds(agent_pid), 0)
+            if event in ("start", "stop", "ramping"):
+                marks[event] = mark()
             elif event == "ramped":
                 t0, s0, a0, _ = marks["ramping"]
                 wall = time.perf_counter() - t0
@@ -184,7 +212,9 @@ def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -
             elif event == "held":
                 out["rss_held"] = rss_bytes(pid)
             elif event == "result":
-                out.update(msg)
+                steps.append(with_cpu(msg, marks))
+            elif event == "final":
+                out["final"] = msg
         proc.wait(10)
     finally:
         timer.cancel()
@@ -192,17 +222,52 @@ def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -
             proc.kill()
     if proc.returncode != 0:
         raise RuntimeError(f"load generator failed on {system}: see {env.tmp / 'loadgen.log'}")
-    if "start" in marks and "stop" in marks:
-        t0, s0, a0, _ = marks["start"]
-        t1, s1, a1, _ = marks["stop"]
-        wall = t1 - t0
-        out["server_cpu"] = (s1 - s0) / wall
-        out["agent_cpu"] = (a1 - a0) / wall
-        relayed = 2 * out.get("frames", 0)
-        out["relayed_fps"] = relayed / out["seconds"] if out.get("seconds") else 0.0
-        out["cpu_us_per_frame"] = (s1 - s0) / relayed * 1e6 if relayed else 0.0
-        out["bottleneck"] = bottleneck(out)
+    if steps:
+        out.update(steps[-1])
+    if len(steps) > 1:
+        out["steps"] = steps
     return out
+
+
+def with_cpu(
+    r: dict[str, Any], marks: dict[str, tuple[float, float, float, float]]
+) -> dict[str, Any]:
+    if "start" not in marks or "stop" not in marks:
+        return r
+    t0, s0, a0, b0 = marks["start"]
+    t1, s1, a1, b1 = marks["stop"]
+    wall = t1 - t0
+    r["server_cpu"] = (s1 - s0) / wall
+    r["agent_cpu"] = (a1 - a0) / wall
+    r["other_cpu"] = max(
+        0.0, (b1 - b0) / wall - r["server_cpu"] - r["agent_cpu"] - r.get("loadgen_cpu", 0.0)
+    )
+    relayed = 2 * r.get("frames", 0)
+    r["relayed_fps"] = relayed / r["seconds"] if r.get("seconds") else 0.0
+    r["cpu_us_per_frame"] = (s1 - s0) / relayed * 1e6 if relayed else 0.0
+    r["bottleneck"] = bottleneck(r)
+    return r
+
+
+NOISY = 0.15
+_deadline = [float("inf")]
+
+
+def drive_quiet(env: Env, system: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """:func:`drive`, repeated once if other processes took >= 15 % of a core.
+
+    The machine may be shared; of two attempts the one with less foreign CPU
+    is kept, and its ``other_cpu`` is reported either way.
+    """
+    r = drive(env, system, spec)
+    if r.get("other_cpu", 0.0) >= NOISY and time.monotonic() < _deadline[0]:
+        log(f"  other processes used {r['other_cpu']:.0%} of a core: measuring again")
+        again = drive(env, system, spec)
+        again["attempts"] = 2
+        if again.get("other_cpu", 0.0) < r["other_cpu"]:
+            return again
+        r["attempts"] = 2
+    return r
 
 
 def bottleneck(r: dict[str, Any]) -> str:
@@ -229,7 +294,7 @@ def throughput(env: Env, mode: Mode) -> list[dict[str, Any]]:
                     "verify": mode.verify,
                     "concurrency": 32,
                 }
-                r = drive(env, system, spec)
+                r = drive_quiet(env, system, spec)
                 r.update(system=system, size=size, window=spec["window"])
                 rows.append(r)
                 log(
@@ -245,7 +310,7 @@ def latency(env: Env, mode: Mode, peaks: dict[str, float]) -> list[dict[str, Any
     sessions = max(mode.sessions[: 2 if len(mode.sessions) > 1 else 1])
     for system in SYSTEMS:
         rate = 0.5 * peaks[system]
-        r = drive(
+        r = drive_quiet(
             env,
             system,
             {
@@ -276,11 +341,12 @@ def scale(tmp: Path, mode: Mode) -> dict[str, Any]:
             {
                 "sessions": n,
                 "size": 40,
-                "rate": 10.0 * n,
+                "rate_per_session": 10.0,
+                "steps": mode.ai_steps,
                 "hold": 2.0,
                 "warmup": 1.0,
                 "duration": mode.ai_duration,
-                "concurrency": 32,
+                "concurrency": 48,
                 "verify": mode.verify,
             },
             timeout=300,
@@ -352,6 +418,8 @@ def run_suite(mode: Mode, workdir: Path | None = None) -> dict[str, Any]:
     """Run every scenario; the collected numbers (see :mod:`bench.report`)."""
     tmp = workdir or Path(tempfile.mkdtemp(prefix="clawterm-bench-"))
     started = time.monotonic()
+    # Re-measuring noisy windows only while the run stays well inside its budget.
+    _deadline[0] = started + {"full": 360.0, "quick": 40.0}.get(mode.name, 0.0)
     results: dict[str, Any] = {"mode": mode.name, "haproxy": shutil.which("haproxy")}
     env = start_env(tmp / "main")
     try:

@@ -35,14 +35,17 @@ def test_throughput_every_system_intact(results: dict[str, Any]) -> None:
 
 def test_latency_no_loss(results: dict[str, Any]) -> None:
     for r in results["latency"]:
-        assert r["lost"] == 0 and r["bad"] == 0, r
+        assert r["late"] == 0 and r["bad"] == 0, r
         assert r["rtt_ms"]["p50"] > 0, r
 
 
 def test_scale_and_ai_load(results: dict[str, Any]) -> None:
     sc = results["scale"]
     assert sc["ramp"]["sessions"] == MODES["smoke"].scale_sessions
-    assert sc["lost"] == 0 and sc["bad"] == 0 and sc["errors"] == []
+    assert [s["sessions"] for s in sc["steps"]] == MODES["smoke"].ai_steps
+    for step in sc["steps"]:
+        assert step["late"] == 0 and step["bad"] == 0 and step["errors"] == [], step
+    assert sc["final"] == {"lost": 0, "bad": 0, "errors": []}
     assert sc["rss_held"] > 0
 
 
@@ -56,4 +59,4 @@ def test_report_renders(results: dict[str, Any], tmp_path: Path) -> None:
     print_tables(results)
     text = markdown(results, "## Codec (bench/codec.py)\n\nkept\n", "smoke")
     assert text.index("## Codec (bench/codec.py)") < text.index("## Targets")
-    assert len(targets(results)) == 8
+    assert len(targets(results)) == 9
