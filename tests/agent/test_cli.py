@@ -33,13 +33,14 @@ class AgentProcess:
         env: dict[str, str] | None = None,
         tenant: int = 0,
         agent: int = 1,
+        log: Path | None = None,
     ) -> None:
         self.path = socket_dir / str(tenant) / f"{agent}.sock"
-        self.log = socket_dir / "agent.log"
+        self.log = log or socket_dir / "agent.log"
         environ = {**os.environ, **(env or {})}
-        with open(self.log, "ab") as log:
+        with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [*COMMAND, *args], stdout=log, stderr=subprocess.STDOUT, env=environ
+                [*COMMAND, *args], stdout=out, stderr=subprocess.STDOUT, env=environ
             )
 
     async def ready(self, timeout: float = 10.0) -> AgentProcess:
