@@ -175,3 +175,28 @@ async def test_backpressure_reaches_the_program(socket_dir: Path) -> None:
         assert out.count(b"x" * 9995) == 200
         frames = await leg.closed()
         assert disconnect(frames[-1]).code == 0
+
+
+_CTTY = (
+    "import os; "
+    "print('ctty', os.getsid(0) == os.getpid(), os.tcgetpgrp(0) == os.getpgrp(), "
+    "sorted(int(fd) for fd in os.listdir('/proc/self/fd'))[:3], os.environ['TERM'])"
+)
+
+
+async def test_child_is_a_session_leader_on_its_own_terminal(socket_dir: Path) -> None:
+    async with serving(pty_handler([sys.executable, "-c", _CTTY]), socket_dir) as server:
+        leg = await DaemonLeg.open(server.path)
+        await leg.connect(8)
+        out = await leg.output_until(b"xterm-256color")
+        assert b"ctty True True [0, 1, 2] xterm-256color" in out
+
+
+async def test_no_descriptor_leaks_into_the_child(socket_dir: Path) -> None:
+    async with serving(pty_handler(["ls", "/proc/self/fd"]), socket_dir) as server:
+        leg = await DaemonLeg.open(server.path)
+        await leg.connect(9)
+        frames = await leg.closed()
+        assert disconnect(frames[-1]).code == 0
+        listing = b"".join(leg.data[s] for s in sorted(leg.data)).split()
+        assert listing == [b"0", b"1", b"2", b"3"]  # stdio, and ls's own directory

@@ -32,6 +32,7 @@ import logging
 import os
 import signal
 import struct
+import subprocess
 import termios
 from collections.abc import Mapping, Sequence
 
@@ -62,11 +63,16 @@ class PtyProcess:
 
     Create with :meth:`spawn`; the caller must eventually call :meth:`close`
     (kills the process group if still running, closes the master).
+
+    The child is started with :class:`subprocess.Popen`, not the event
+    loop's subprocess support: uvloop's leaves descriptors open in the child
+    (duplicates of the terminal, anything the agent inherited) even with
+    ``close_fds``. Its exit is watched through a pidfd.
     """
 
-    def __init__(self, master: int, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, master: int, popen: subprocess.Popen[bytes]) -> None:
         self.master = master
-        self.process = process
+        self.popen = popen
         self._loop = asyncio.get_running_loop()
         self._size: WinSize = DEFAULT_WINSIZE
         self._restore: asyncio.TimerHandle | None = None
@@ -74,7 +80,7 @@ class PtyProcess:
         self._idle: float | None = None
 
     @classmethod
-    async def spawn(
+    def spawn(
         cls,
         argv: Sequence[str],
         *,
@@ -82,31 +88,28 @@ class PtyProcess:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
     ) -> PtyProcess:
-        """Start ``argv`` on a new PTY of ``winsize`` (default 24×80)."""
+        """Start ``argv`` on a new PTY of ``winsize`` (default 24×80).
+
+        Call it from the event loop's thread; it blocks only until the
+        child has exec'd. Raises OSError if the command cannot be started.
+        """
         master, slave = os.openpty()
         try:
             size = winsize or DEFAULT_WINSIZE
             _set_winsize(master, size)
             environ = dict(os.environ if env is None else env)
             environ["TERM"] = "xterm-256color"
-
-            def child_setup() -> None:
-                # In the child, before exec: a new session with the PTY as
-                # its controlling terminal, default signal dispositions.
-                os.setsid()
-                fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-                for signum in (signal.SIGPIPE, signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                    signal.signal(signum, signal.SIG_DFL)
-                signal.pthread_sigmask(signal.SIG_SETMASK, ())
-
-            process = await asyncio.create_subprocess_exec(
-                *argv,
+            popen = subprocess.Popen(
+                list(argv),
                 stdin=slave,
                 stdout=slave,
                 stderr=slave,
                 env=environ,
                 cwd=cwd,
-                preexec_fn=child_setup,
+                start_new_session=True,  # setsid(): a session leader without a terminal...
+                # ...which then takes the PTY as its own. Safe despite threads:
+                # the child makes only async-signal-safe calls before exec.
+                preexec_fn=_child_setup,  # noqa: PLW1509
                 close_fds=True,
             )
         except BaseException:
@@ -115,14 +118,41 @@ class PtyProcess:
         finally:
             os.close(slave)
         os.set_blocking(master, False)
-        self = cls(master, process)
+        self = cls(master, popen)
         self._size = size
         return self
 
     @property
     def pid(self) -> int:
         """The child's process id (also its process group and session id)."""
-        return self.process.pid
+        return self.popen.pid
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status (negative: killed by that signal), None while it runs."""
+        return self.popen.poll()
+
+    async def wait(self) -> int:
+        """Wait for the child to exit; returns :attr:`returncode`."""
+        try:
+            pidfd = os.pidfd_open(self.popen.pid)
+        except (AttributeError, OSError):
+            pidfd = None  # no pidfd (Linux < 5.3): poll
+        try:
+            while (code := self.popen.poll()) is None:
+                if pidfd is None:
+                    await asyncio.sleep(0.05)
+                    continue
+                fut: asyncio.Future[None] = self._loop.create_future()
+                self._loop.add_reader(pidfd, _set_done, fut)
+                try:
+                    await fut
+                finally:
+                    self._loop.remove_reader(pidfd)
+            return code
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
 
     @property
     def size(self) -> WinSize:
@@ -232,25 +262,34 @@ class PtyProcess:
 
         Returns the process's return code.
         """
-        if self.process.returncode is None:
+        if self.returncode is None:
             self._signal(signal.SIGHUP)
             try:
-                await asyncio.wait_for(self.process.wait(), kill_timeout)
+                await asyncio.wait_for(self.wait(), kill_timeout)
             except TimeoutError:
                 self._signal(signal.SIGKILL)
-                await self.process.wait()
+                await self.wait()
         if not self._closed:
             self._closed = True
             if self._restore is not None:
                 self._restore.cancel()
             os.close(self.master)
-        returncode = self.process.returncode
+        returncode = self.popen.returncode
         assert returncode is not None
         return returncode
 
     def _signal(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.process.pid, signum)
+            os.killpg(self.popen.pid, signum)
+
+
+def _child_setup() -> None:
+    # In the child, after setsid(), before exec: the PTY on fd 0 becomes the
+    # controlling terminal; signals start from the defaults, none blocked.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGWINCH):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def _set_done(fut: asyncio.Future[None]) -> None:
@@ -286,7 +325,7 @@ def pty_handler(
     async def handle(session: Session) -> None:
         environ = dict(os.environ if env is None else env)
         environ["CLAWTERM_SESSION_ID"] = str(session.id)
-        proc = await PtyProcess.spawn(command, winsize=session.winsize, env=environ, cwd=cwd)
+        proc = PtyProcess.spawn(command, winsize=session.winsize, env=environ, cwd=cwd)
         log.info("session %d: started %s (pid %d)", session.id, command[0], proc.pid)
         session.on_winsize = proc.resize
         if session.winsize is not None and session.winsize != proc.size:
@@ -299,7 +338,7 @@ def pty_handler(
         session.on_presence = on_presence
         output = asyncio.create_task(_pump_output(proc, session))
         inputs = asyncio.create_task(_pump_input(proc, session))
-        exited = asyncio.create_task(proc.process.wait())
+        exited = asyncio.create_task(proc.wait())
         ended = asyncio.create_task(session.wait_closed())
         try:
             await asyncio.wait((exited, ended), return_when=asyncio.FIRST_COMPLETED)
