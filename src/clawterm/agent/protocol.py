@@ -158,7 +158,7 @@ class AgentSession:
         )
         #: The latest WINSIZE, or None before the first (SPEC §13).
         self.winsize: WinSize | None = None
-        #: False between the daemon's SUSPEND and RESUMED, and while detached.
+        #: False after the daemon's SUSPEND or a lost connection, until its RESUMED.
         self.client_present = True
         #: The connection the session is attached to, or None while detached.
         self.connection: AgentConnection | None = None
@@ -517,7 +517,8 @@ class AgentConnection:
             session._frame(FrameType.RESUMED, Resumed(sid, session.received.last_rx).encode())
         )
         out.extend(replay)
-        session.client_present = True
+        # client_present stays as it is: a client comes back through the
+        # daemon's RESUMED notification, like any other return.
         self._events.append(SessionReattached(session, last_rx, replaced))
         final = session._final
         if final is not None:

@@ -542,8 +542,6 @@ class AgentServer:
         if core.ended:
             # The DISCONNECT it held has just been delivered.
             self._sessions.pop(core.session_id, None)
-        else:
-            session._presence(True)
         return session
 
     def _detached(self, session: Session, leg: _LegProtocol) -> None:

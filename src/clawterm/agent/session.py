@@ -96,7 +96,7 @@ class Session:
 
     @property
     def client_present(self) -> bool:
-        """False after SUSPEND or while the daemon's connection is down, True after RESUMED."""
+        """False after the daemon's SUSPEND or a lost daemon connection; True after its RESUMED."""
         return self._core.client_present
 
     @property
