@@ -1,0 +1,202 @@
+"""QUIC transport (SPEC §1) against a real clawtermd over real UDP on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Awaitable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clawterm.daemon.tls import fingerprint
+from clawterm.quic.client import QuicClientConnection, open_quic_stream
+from tests.helpers import DaemonProcess, EchoAgent, WireClient, free_port
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 60))  # type: ignore[arg-type]
+
+
+def start_daemon(tmp: Path, *args: str) -> DaemonProcess:
+    d = DaemonProcess(tmp, "--resume-failures", "1000", *args)
+    d.quic_port = free_port(socket.SOCK_DGRAM)
+    d.start()
+    return d
+
+
+@pytest.fixture
+def d(tmp_path: Path) -> Iterator[DaemonProcess]:
+    proc = start_daemon(tmp_path)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+
+
+async def agent_ready(d: DaemonProcess, agent: EchoAgent) -> None:
+    for _ in range(250):
+        if agent.path.exists() and d.metric("clawterm_agents_registered") >= 1:
+            return
+        await asyncio.sleep(0.02)
+    raise TimeoutError("agent not registered")
+
+
+async def quic_client(d: DaemonProcess, **kw: Any) -> tuple[WireClient, QuicClientConnection]:
+    reader, writer, conn = await open_quic_stream("127.0.0.1", d.quic_port, **kw)
+    return WireClient(reader, writer), conn  # type: ignore[arg-type]
+
+
+async def echo(c: WireClient, payload: bytes) -> None:
+    c.send_data(payload)
+    assert await c.read_exactly(len(payload)) == payload
+
+
+def test_connect_accept_and_byte_exact_echo(d: DaemonProcess) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, conn = await quic_client(d, fingerprint=fingerprint(d.state_dir / "cert.pem"))
+        assert conn.peer_certificate_sha256 == fingerprint(d.state_dir / "cert.pem")
+        accept = await c.connect(d.token)
+        assert accept.session_id == c.session_id != 0
+        for size in (1, 100, 1500, 60000):
+            await echo(c, os.urandom(size))
+        blob = bytes(range(256)) * 4000  # ~1 MB in many frames, 0x7E included
+        for i in range(0, len(blob), 50000):
+            c.send_data(blob[i : i + 50000])
+        assert await c.read_exactly(len(blob)) == blob
+        await c.close()
+        await agent.stop()
+
+    run(main())
+
+
+def test_wrong_fingerprint_is_refused(d: DaemonProcess) -> None:
+    async def main() -> None:
+        with pytest.raises(ConnectionError, match="fingerprint"):
+            await open_quic_stream("127.0.0.1", d.quic_port, fingerprint="00" * 32)
+
+    run(main())
+
+
+def test_migration_to_a_new_udp_socket_keeps_the_stream(d: DaemonProcess) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, conn = await quic_client(d)
+        await c.connect(d.token)
+        sid = c.session_id
+        await echo(c, b"before migration")
+        old = conn.local_address
+        # Migrate with data in flight both ways.
+        c.send_data(b"in flight " * 1000)
+        agent.write(sid, b"agent says hi " * 1000)
+        new = await conn.migrate()
+        assert new[1] != old[1]
+        assert conn.local_address == new
+        got = await c.read_exactly(len(b"in flight " * 1000) + len(b"agent says hi " * 1000))
+        assert got.count(b"in flight ") == 1000 and got.count(b"agent says hi ") == 1000
+        await echo(c, os.urandom(30000))
+        # Migrate again, with a key update on the new path.
+        await conn.migrate()
+        conn.request_key_update()
+        await echo(c, b"after second migration")
+        assert c.session_id == sid
+        assert all(ev in ("connect",) for s, ev in agent.events if s == sid), agent.events
+        assert d.metric("clawterm_resumes_total") == 0
+        await c.close()
+        await agent.stop()
+
+    run(main())
+
+
+async def reopen(old: WireClient, new: WireClient) -> None:
+    """``new`` RESUMEs ``old``'s session, carrying its sequencing state."""
+    new.tx, new.rx = old.tx, old.rx
+    frame = await new.resume(old.session_id, old.resume_token)
+    new.resend_after_resumed(frame)
+
+
+def test_resume_across_transports_tcp_quic_tcp(d: DaemonProcess) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c1 = await WireClient.open(d.port)
+        await c1.connect(d.token)
+        sid = c1.session_id
+        await echo(c1, b"on tcp")
+        # Unacknowledged client data and agent output while the client is away.
+        c1.send_data(b"sent just before the tcp loss")
+        await asyncio.sleep(0.05)
+        c1.abort()
+        expected = b"sent just before the tcp loss"
+        for _ in range(100):
+            if (sid, "suspend") in agent.events or d.metric("clawterm_sessions", state="suspended"):
+                break
+            await asyncio.sleep(0.02)
+        away = os.urandom(100_000)
+        agent.write(sid, away)
+        expected += away
+
+        c2, _conn = await quic_client(d)
+        await reopen(c1, c2)
+        assert c2.session_id == sid
+        got = await c2.read_exactly(len(expected))
+        assert got.endswith(away)
+        await echo(c2, b"on quic")
+        c2.send_data(b"sent just before the quic loss")
+        await asyncio.sleep(0.05)
+        c2.writer.transport.abort()  # type: ignore[attr-defined]
+        away2 = os.urandom(50_000)
+        agent.write(sid, away2)
+
+        c3 = await WireClient.open(d.port)
+        await reopen(c2, c3)
+        expected3 = b"sent just before the quic loss" + away2
+        got3 = await c3.read_exactly(len(expected3))
+        assert got3.count(away2) == 1
+        assert b"sent just before the quic loss" in got3
+        await echo(c3, b"back on tcp")
+        assert d.metric("clawterm_resumes_total", result="ok") == 2
+        await c3.close()
+        await agent.stop()
+
+    run(main())
+
+
+def test_garbage_datagrams_leave_the_daemon_serving(d: DaemonProcess) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, _ = await quic_client(d)
+        await c.connect(d.token)
+        rnd = os.urandom
+        junk = [b"", b"\x00", b"\xff" * 5, rnd(20), rnd(1200), rnd(1500), rnd(65000)]
+        # Long headers that look like Initials (version 1, and unknown versions).
+        for version in (b"\x00\x00\x00\x01", b"\x00\x00\x00\x00", b"\x1a\x2a\x3a\x4a"):
+            for first in (0xC0, 0xC3, 0xF0, 0x80):
+                junk += [bytes([first]) + version + b"\x08" + rnd(8) + b"\x08" + rnd(8) + rnd(1300)]
+                junk += [bytes([first]) + version + b"\xff" + rnd(30)]
+        junk += [bytes([0x40]) + rnd(8) + rnd(100) for _ in range(20)]  # short headers
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setblocking(False)
+        try:
+            for _ in range(3):
+                for j in junk:
+                    if j:
+                        sock.sendto(j, ("127.0.0.1", d.quic_port))
+        finally:
+            sock.close()
+        await echo(c, b"still here")
+        c2, _ = await quic_client(d)
+        await c2.connect(d.token)
+        await echo(c2, b"new connection works")
+        assert d.proc is not None and d.proc.poll() is None
+        await c.close()
+        await c2.close()
+        await agent.stop()
+
+    run(main())
