@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from clawterm.constants import ErrorCode
 from clawterm.daemon.tls import fingerprint
 from clawterm.quic.client import QuicClientConnection, open_quic_stream
 from tests.helpers import DaemonProcess, EchoAgent, WireClient, free_port
@@ -197,6 +198,140 @@ def test_garbage_datagrams_leave_the_daemon_serving(d: DaemonProcess) -> None:
         assert d.proc is not None and d.proc.poll() is None
         await c.close()
         await c2.close()
+        await agent.stop()
+
+    run(main())
+
+
+def test_stalled_quic_client_keeps_daemon_memory_bounded(tmp_path: Path) -> None:
+    # drop-oldest: the replay ring never blocks the agent, so only the QUIC
+    # stream's write-buffer limit (pause_writing) can stop the daemon reading.
+    d = start_daemon(tmp_path, "--overflow", "drop-oldest")
+
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, _ = await quic_client(d)
+        await c.connect(d.token)
+        sid = c.session_id
+        await echo(c, b"warm up")
+        base = d.rss()
+        # The client now reads nothing; the agent writes as fast as it may.
+        writer = agent.sessions[sid]["writer"]
+        chunk = os.urandom(60000)
+        pushed = 0
+        stalled = False
+        while pushed < 256 << 20:
+            for _ in range(16):
+                agent.write(sid, chunk)
+                pushed += len(chunk)
+            try:
+                await asyncio.wait_for(writer.drain(), 0.5)
+            except TimeoutError:
+                stalled = True
+                break
+        assert stalled, "the daemon never stopped reading the agent"
+        growth = d.rss() - base
+        assert growth < 48 << 20, f"daemon grew {growth >> 20} MiB with {pushed >> 20} MiB pushed"
+        # Reading again drains it all, byte-exact.
+        got = await c.read_exactly(len(chunk) * 4, timeout=20)
+        assert len(got) == len(chunk) * 4
+        await asyncio.wait_for(writer.drain(), 20)
+        await agent.stop()
+
+    try:
+        run(main())
+    finally:
+        d.stop()
+
+
+def test_connection_cap_refuses_beyond_it(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "--max-quic-connections", "2")
+
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        a, _ = await quic_client(d)
+        b, _ = await quic_client(d)
+        with pytest.raises(ConnectionError):
+            await open_quic_stream("127.0.0.1", d.quic_port, connect_timeout=5)
+        await a.connect(d.token)
+        await echo(a, b"first still works")
+        a.writer.transport.abort()  # type: ignore[attr-defined]
+        for _ in range(200):  # the slot frees once the connection has drained
+            try:
+                c, _ = await quic_client(d, connect_timeout=1)
+                break
+            except (ConnectionError, TimeoutError):
+                await asyncio.sleep(0.05)
+        else:
+            raise AssertionError("slot never freed")
+        await c.connect(d.token)
+        await echo(c, b"third after a slot freed")
+        await b.close()
+        await c.close()
+        await agent.stop()
+
+    try:
+        run(main())
+    finally:
+        d.stop()
+
+
+def test_retry_on_validates_the_address_first(tmp_path: Path) -> None:
+    d = start_daemon(tmp_path, "--quic-retry", "on")
+
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, conn = await quic_client(d)
+        assert conn.protocol._quic._retry_source_connection_id is not None  # got a Retry
+        await c.connect(d.token)
+        await echo(c, b"after retry")
+        await conn.migrate()
+        await echo(c, b"after retry and migration")
+        await c.close()
+        await agent.stop()
+
+    try:
+        run(main())
+    finally:
+        d.stop()
+
+
+def test_second_stream_closes_the_connection(d: DaemonProcess) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, conn = await quic_client(d)
+        await c.connect(d.token)
+        quic = conn.protocol._quic
+        quic.send_stream_data(quic.get_next_available_stream_id(), b"\x7e" * 20)
+        conn.protocol.transmit()
+        with pytest.raises((ConnectionError, EOFError)):
+            while True:
+                await c.data(timeout=5)
+        # The session was suspended, not lost: it resumes on a new connection.
+        c2, _ = await quic_client(d)
+        await reopen(c, c2)
+        await echo(c2, b"resumed")
+        await c2.close()
+        await agent.stop()
+
+    run(main())
+
+
+def test_daemon_stop_sends_shutting_down_over_quic(d: DaemonProcess) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, _ = await quic_client(d)
+        await c.connect(d.token)
+        await echo(c, b"hello")
+        loop = asyncio.get_running_loop()
+        stopper = loop.run_in_executor(None, d.stop)
+        await c.expect_error(ErrorCode.SHUTTING_DOWN)
+        await stopper
         await agent.stop()
 
     run(main())
