@@ -477,6 +477,11 @@ class QuicListener:
 async def start_quic_server(daemon: Daemon, cert: Path, key: Path) -> QuicListener:
     """Listen for QUIC on ``(config.host, config.quic_port)`` with the daemon's certificate."""
     config = daemon.config
+    # aioquic logs every connection's handshake and close at INFO on logger
+    # "quic": at thousands of connections that drowns the daemon's own lines.
+    aioquic_log = logging.getLogger("quic")
+    if aioquic_log.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG):
+        aioquic_log.setLevel(logging.WARNING)
     window = max(int(config.max_buffer), 64 * 1024)
     keepalive = float(config.keepalive)
     configuration = QuicConfiguration(
