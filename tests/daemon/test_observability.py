@@ -48,5 +48,5 @@ def test_metrics_health_and_session_log(tmp_path: Path) -> None:
         for event in ("accept", "resume", "refused"):
             assert f"event={event} " in log, event
         assert log.count("event=suspend ") == 2  # transport lost, then SUSPEND
-        assert "reason=\"client suspended\"" in log
+        assert 'reason="client suspended"' in log
         assert "Traceback" not in log
