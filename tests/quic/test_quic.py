@@ -15,6 +15,7 @@ from clawterm.constants import ErrorCode
 from clawterm.daemon.tls import fingerprint
 from clawterm.quic.client import QuicClientConnection, open_quic_stream
 from tests.helpers import DaemonProcess, EchoAgent, WireClient, free_port
+from tests.quic.relay import LossyRelay
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -332,6 +333,56 @@ def test_daemon_stop_sends_shutting_down_over_quic(d: DaemonProcess) -> None:
         stopper = loop.run_in_executor(None, d.stop)
         await c.expect_error(ErrorCode.SHUTTING_DOWN)
         await stopper
+        await agent.stop()
+
+    run(main())
+
+
+def test_echo_and_migration_through_a_lossy_reordering_relay(d: DaemonProcess) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        relay = await LossyRelay.start(("127.0.0.1", d.quic_port), loss=0.05, reorder=0.15)
+        try:
+            reader, writer, conn = await open_quic_stream("127.0.0.1", relay.port)
+            c = WireClient(reader, writer)  # type: ignore[arg-type]
+            await c.connect(d.token)
+            blob = os.urandom(400_000)
+            for i in range(0, len(blob), 40_000):
+                c.send_data(blob[i : i + 40_000])
+            assert await c.read_exactly(len(blob), timeout=30) == blob
+            # The relay opens a new upstream socket per client address: the daemon
+            # sees the migration as a new source port, behind loss and reordering.
+            await conn.migrate(within=10)
+            assert len(relay.upstreams) == 2
+            c.send_data(blob[:50_000])
+            c.send_data(blob[50_000:100_000])
+            assert await c.read_exactly(100_000, timeout=30) == blob[:100_000]
+            assert relay.dropped > 0 and relay.reordered > 0
+            await c.close()
+        finally:
+            relay.close()
+            await agent.stop()
+
+    run(main())
+
+
+def test_client_address_change_keeps_the_stream(d: DaemonProcess) -> None:
+    # 127.0.0.2 is another local address on Linux's loopback: a real change of
+    # the client's source IP, not just its port.
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, conn = await quic_client(d, local_host="127.0.0.1")
+        await c.connect(d.token)
+        await echo(c, b"from 127.0.0.1")
+        new = await conn.migrate(local_host="127.0.0.2")
+        assert new[0] == "127.0.0.2"
+        await echo(c, os.urandom(50_000))
+        agent.write(c.session_id, b"pushed after the address change")
+        assert await c.data() == b"pushed after the address change"
+        assert d.metric("clawterm_resumes_total") == 0
+        await c.close()
         await agent.stop()
 
     run(main())
