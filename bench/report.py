@@ -40,18 +40,37 @@ NAMES = {
 }
 
 
-def codec_section(path: Path) -> str:
-    """The hand-written codec section of ``path``, kept verbatim (or the default)."""
+def sections(text: str) -> list[tuple[str, str]]:
+    """(heading line, whole section text) of every ``## `` section of ``text``."""
+    out: list[tuple[str, str]] = []
+    starts = [
+        i for i in range(len(text)) if text.startswith("## ", i) and (i == 0 or text[i - 1] == "\n")
+    ]
+    for k, start in enumerate(starts):
+        end = starts[k + 1] if k + 1 < len(starts) else len(text)
+        heading = text[start : text.find("\n", start)]
+        out.append((heading, text[start:end].rstrip() + "\n"))
+    return out
+
+
+def kept_sections(path: Path) -> tuple[str, list[str]]:
+    """The hand-written parts of ``path``, kept verbatim when it is regenerated.
+
+    The codec section (or its default text when missing) and every section
+    whose heading says "(hand-written)".
+    """
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return DEFAULT_CODEC
-    start = text.find(CODEC_HEADING)
-    if start < 0:
-        return DEFAULT_CODEC
-    end = text.find("\n## ", start + len(CODEC_HEADING))
-    section = text[start:] if end < 0 else text[start : end + 1]
-    return section.rstrip() + "\n"
+        return DEFAULT_CODEC, []
+    codec = DEFAULT_CODEC
+    extra: list[str] = []
+    for heading, body in sections(text):
+        if heading.strip() == CODEC_HEADING:
+            codec = body
+        elif "(hand-written)" in heading:
+            extra.append(body)
+    return codec, extra
 
 
 def machine() -> dict[str, str]:
@@ -533,10 +552,10 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
 
 
 def write(res: dict[str, Any], out: Path, command: str) -> None:
-    codec = codec_section(out)
+    codec, extra = kept_sections(out)
     img = out.parent / "img"
     plots(res, img)
-    out.write_text(markdown(res, codec, command))
+    out.write_text(markdown(res, codec, command) + "".join("\n" + e for e in extra))
 
 
 __all__ = ["ROOT", "print_tables", "write"]

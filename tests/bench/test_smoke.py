@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bench.report import markdown, print_tables, targets
+from bench.report import print_tables, targets, write
 from bench.suite import MODES, SYSTEMS, run_suite
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
@@ -55,8 +55,19 @@ def test_resume_replays_full_ring(results: dict[str, Any]) -> None:
     assert rz["total_ms"]["p50"] > 0
 
 
-def test_report_renders(results: dict[str, Any], tmp_path: Path) -> None:
+def test_report_keeps_hand_written_sections(results: dict[str, Any], tmp_path: Path) -> None:
     print_tables(results)
-    text = markdown(results, "## Codec (bench/codec.py)\n\nkept\n", "smoke")
-    assert text.index("## Codec (bench/codec.py)") < text.index("## Targets")
+    out = tmp_path / "benchmarks.md"
+    write(results, out, "smoke")
+    first = out.read_text()
+    assert first.index("## Codec (bench/codec.py)") < first.index("## Targets")
+    assert "| 64 | decode | 2,029,110 | 160 | 4,043,059 | 1.99 |" in first
     assert len(targets(results)) == 9
+    assert (tmp_path / "img" / "bench-throughput.png").stat().st_size > 1000
+    codec = "## Codec (bench/codec.py)\n\nedited by hand\n"
+    note = "## Analysis (hand-written)\n\nkept\n"
+    out.write_text(first.replace("## Codec (bench/codec.py)", codec + "\n## Old codec") + note)
+    write(results, out, "smoke")
+    second = out.read_text()
+    assert "edited by hand" in second and second.count("## Codec") == 1
+    assert second.rstrip().endswith("kept")
