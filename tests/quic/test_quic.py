@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
+import sys
 from collections.abc import Awaitable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +16,7 @@ import pytest
 from clawterm.constants import ErrorCode
 from clawterm.daemon.tls import fingerprint
 from clawterm.quic.client import QuicClientConnection, open_quic_stream
-from tests.helpers import DaemonProcess, EchoAgent, WireClient, free_port
+from tests.helpers import ROOT, DaemonProcess, EchoAgent, WireClient, free_port
 from tests.quic.relay import LossyRelay
 
 
@@ -386,3 +388,88 @@ def test_client_address_change_keeps_the_stream(d: DaemonProcess) -> None:
         await agent.stop()
 
     run(main())
+
+
+def _sh(*cmd: str) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=10)
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    """A network namespace joined to this one by a veth pair (10.231.x.0/24)."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root for network namespaces")
+    tag = f"{os.getpid() % 100000}"
+    ns, host_if, ns_if = f"ctq{tag}", f"ctqh{tag}", f"ctqc{tag}"
+    try:
+        _sh("ip", "netns", "add", ns)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"cannot create a network namespace: {exc}")
+    try:
+        _sh("ip", "link", "add", host_if, "type", "veth", "peer", "name", ns_if)
+        _sh("ip", "link", "set", ns_if, "netns", ns)
+        _sh("ip", "addr", "add", "10.231.0.1/24", "dev", host_if)
+        _sh("ip", "link", "set", host_if, "up")
+        _sh(
+            "ip",
+            "netns",
+            "exec",
+            ns,
+            "sysctl",
+            "-qw",
+            f"net.ipv4.conf.{ns_if}.promote_secondaries=1",
+        )
+        _sh("ip", "-n", ns, "addr", "add", "10.231.0.2/24", "dev", ns_if)
+        _sh("ip", "-n", ns, "link", "set", ns_if, "up")
+        _sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns
+    finally:
+        subprocess.run(["ip", "link", "del", host_if], capture_output=True, check=False)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+@pytest.mark.netns
+def test_client_ip_change_in_a_network_namespace(tmp_path: Path, netns: str) -> None:
+    """The client's address changes under an unchanged socket (as on a network
+    switch): the daemon validates the new path and the stream goes on."""
+    d = DaemonProcess(tmp_path, "--quic-retry", "off", "--log-level", "debug")
+    d.host = "0.0.0.0"
+    d.quic_port = free_port(socket.SOCK_DGRAM)
+    d.start()
+    ns_if = f"ctqc{netns[3:]}"
+    proc: subprocess.Popen[str] | None = None
+
+    async def main() -> None:
+        nonlocal proc
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        cmd = ["ip", "netns", "exec", netns, sys.executable, "-m", "tests.quic.netns_client"]
+        cmd += ["10.231.0.1", str(d.quic_port), d.token.hex()]
+        proc = subprocess.Popen(  # noqa: ASYNC220 - read through the executor below
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        line = await loop.run_in_executor(None, proc.stdout.readline)
+        assert line.startswith("READY"), line
+        # New address, then the old one removed: the same socket now sends from .3.
+        _sh("ip", "-n", netns, "addr", "add", "10.231.0.3/24", "dev", ns_if)
+        _sh("ip", "-n", netns, "addr", "del", "10.231.0.2/24", "dev", ns_if)
+        proc.stdin.write("GO\n")
+        proc.stdin.flush()
+        line = await loop.run_in_executor(None, proc.stdout.readline)
+        assert line.startswith("OK"), line
+        proc.stdin.close()
+        assert await loop.run_in_executor(None, proc.wait, 10) == 0
+        assert d.metric("clawterm_resumes_total") == 0
+        # The daemon really saw, validated and used the new address.
+        assert "Network path ('10.231.0.3'" in d.log() and "validated by challenge" in d.log()
+        await agent.stop()
+
+    try:
+        run(main())
+    finally:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        d.stop()
