@@ -473,3 +473,33 @@ def test_client_ip_change_in_a_network_namespace(tmp_path: Path, netns: str) -> 
             proc.kill()
             proc.wait()
         d.stop()
+
+
+@pytest.mark.parametrize("how", ["stop_sending", "reset"])
+def test_stream_stopped_or_reset_by_client_suspends_the_session(d: DaemonProcess, how: str) -> None:
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, conn = await quic_client(d)
+        await c.connect(d.token)
+        await echo(c, b"hello")
+        quic = conn.protocol._quic
+        if how == "stop_sending":
+            quic.stop_stream(0, 0x10)
+        else:
+            quic.reset_stream(0, 0x10)
+        conn.protocol.transmit()
+        # The daemon's output keeps coming for a moment; it must not trip over it.
+        blob = os.urandom(200_000)
+        agent.write(c.session_id, blob)
+        await asyncio.wait_for(conn.wait_closed(), 10)
+        c2, _ = await quic_client(d)
+        await reopen(c, c2)
+        assert await c2.read_exactly(len(blob)) == blob  # replayed, nothing lost
+        await echo(c2, b"resumed after " + how.encode())
+        await c2.close()
+        assert d.proc is not None and d.proc.poll() is None
+        assert "Traceback" not in d.log()
+        await agent.stop()
+
+    run(main())

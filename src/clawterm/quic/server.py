@@ -147,7 +147,13 @@ class QuicStreamTransport:
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self.closing or self.lost or not data:
             return
-        self.conn._quic.send_stream_data(self.stream_id, bytes(data))
+        try:
+            self.conn._quic.send_stream_data(self.stream_id, bytes(data))
+        except Exception as exc:  # the peer stopped or reset our sending side
+            self.conn.close(APP_NO_ERROR, "stream no longer writable")
+            self.conn._loop.call_soon(self.connection_lost, ConnectionResetError(str(exc)))
+            self.closing = True
+            return
         self.conn._transmit_soon()
         self.check_writing()
 
@@ -336,7 +342,8 @@ class DaemonQuicProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: events.QuicEvent) -> None:
         if isinstance(event, events.StreamDataReceived):
             self._stream_data(event)
-        elif isinstance(event, events.StreamReset):
+        elif isinstance(event, (events.StreamReset, events.StopSendingReceived)):
+            # Either half of the one stream gone: the transport is gone.
             if self.stream is not None and event.stream_id == self.stream.stream_id:
                 self.close(APP_NO_ERROR, "stream reset")
                 self.stream.connection_lost(ConnectionResetError("QUIC stream reset by peer"))
@@ -397,10 +404,9 @@ class _Server(QuicServer):
             log.debug("QUIC: dropped a datagram from %s", addr, exc_info=True)
 
     def _refuse(self, data: bytes, addr: Any) -> bool:
+        """True if this datagram would start a connection we do not take."""
         listener = self.listener
-        if listener.closing:
-            return True
-        if len(listener.live) < listener.max_connections:
+        if not listener.closing and len(listener.live) < listener.max_connections:
             return False
         try:
             header = pull_quic_header(
@@ -410,6 +416,8 @@ class _Server(QuicServer):
             return True
         if header.destination_cid in self._protocols:
             return False
+        if listener.closing:
+            return True
         if (
             header.packet_type == QuicPacketType.INITIAL
             and len(data) >= SMALLEST_MAX_DATAGRAM_SIZE
