@@ -23,9 +23,14 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+# The CPUs this process may use when first imported, before the orchestrator
+# pins itself to the load generator's core.
+_CPUS = sorted(os.sched_getaffinity(0))
+
+
 def cores() -> tuple[set[int], set[int]]:
     """(server cores, load-generator cores)."""
-    avail = sorted(os.sched_getaffinity(0))
+    avail = _CPUS
     if len(avail) >= 2:
         return {avail[0]}, {avail[1]}
     return {avail[0]}, {avail[0]}

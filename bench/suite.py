@@ -73,7 +73,7 @@ MODES = {
         9900,
         4.0,
         20,
-        [1000, 2500, 5000, 9900],
+        [500, 1000, 1500, 2000, 3000, 5000, 9900],
     ),
     "quick": Mode("quick", [64, 4096], [1, 64], 0.5, 1.0, 1.5, 1000, 2.0, 5, [250, 500, 1000]),
     "smoke": Mode("smoke", [64], [1, 4], 0.1, 0.3, 0.3, 20, 0.5, 1, [10, 20], verify=True),
@@ -254,19 +254,24 @@ _deadline = [float("inf")]
 
 
 def drive_quiet(env: Env, system: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """:func:`drive`, repeated once if other processes took >= 15 % of a core.
+    """:func:`drive`, repeated (3 attempts at most) while others took >= 15 % of a core.
 
-    The machine may be shared; of two attempts the one with less foreign CPU
-    is kept, and its ``other_cpu`` is reported either way.
+    The machine may be shared; the attempt with the least foreign CPU is
+    kept, and its ``other_cpu`` is reported either way.
     """
     r = drive(env, system, spec)
-    if r.get("other_cpu", 0.0) >= NOISY and time.monotonic() < _deadline[0]:
+    r["attempts"] = 1
+    while r.get("other_cpu", 0.0) >= NOISY and r["attempts"] < 3:
+        if time.monotonic() > _deadline[0]:
+            break
         log(f"  other processes used {r['other_cpu']:.0%} of a core: measuring again")
         again = drive(env, system, spec)
-        again["attempts"] = 2
-        if again.get("other_cpu", 0.0) < r["other_cpu"]:
-            return again
-        r["attempts"] = 2
+        again["attempts"] = r["attempts"] + 1
+        r = (
+            again
+            if again.get("other_cpu", 0.0) < r["other_cpu"]
+            else {**r, "attempts": again["attempts"]}
+        )
     return r
 
 
@@ -419,7 +424,7 @@ def run_suite(mode: Mode, workdir: Path | None = None) -> dict[str, Any]:
     tmp = workdir or Path(tempfile.mkdtemp(prefix="clawterm-bench-"))
     started = time.monotonic()
     # Re-measuring noisy windows only while the run stays well inside its budget.
-    _deadline[0] = started + {"full": 360.0, "quick": 40.0}.get(mode.name, 0.0)
+    _deadline[0] = started + {"full": 420.0, "quick": 40.0}.get(mode.name, 0.0)
     results: dict[str, Any] = {"mode": mode.name, "haproxy": shutil.which("haproxy")}
     env = start_env(tmp / "main")
     try:
