@@ -399,6 +399,26 @@ async def test_a_client_ignoring_its_window_is_not_read_beyond_a_bound(socket_di
         leg.close()
 
 
+async def test_no_deadlock_with_a_client_far_ahead_of_its_acks(socket_dir: Path) -> None:
+    # A client with megabytes in flight, reading and acknowledging meanwhile:
+    # the echo waits in send() for ACKs that come behind that input.
+    async def echo(session: Session) -> None:
+        async for data in session:
+            await session.send(data)
+
+    async with serving(echo, socket_dir, ring_size=65536) as server:
+        leg = await DaemonLeg.open(server.path)
+        await leg.connect(54)
+        chunk = os.urandom(16384)
+        for _ in range(256):  # 4 MB at once
+            leg.send_data(chunk)
+        for seq in range(1, 257):
+            frame = await leg.next_data()
+            assert frame.seq == seq and frame.payload == chunk
+            leg.ack(seq)
+        leg.close()
+
+
 # -- keepalive, notifications ---------------------------------------------
 
 

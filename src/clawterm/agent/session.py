@@ -193,6 +193,9 @@ class Session:
             leg = self._leg
             if not core.send_buffer.full and (leg is None or not leg.writing_paused):
                 return
+            if leg is not None and leg.reading_paused:
+                # What unblocks us (ACKs) may be behind the input we stopped reading.
+                leg.resume_reading()
             fut = self._loop.create_future()
             self._sender = fut
             try:
@@ -259,8 +262,9 @@ class Session:
     def _deliver(self, seq: int, data: bytes) -> None:
         self._inbox.append((seq, data))
         self._inbox_bytes += len(data)
-        if self._inbox_bytes > self._server.inbox_limit:
+        if self._inbox_bytes > self._server.inbox_limit and self._sender is None:
             # Only a client ignoring its window gets here (see protocol.py).
+            # Never while a send() waits: the ACKs it waits for come this way.
             leg = self._leg
             if leg is not None and not leg.reading_paused:
                 leg.pause_reading()
