@@ -24,8 +24,8 @@ Acknowledgement. The agent acknowledges what the *application took*
 (:meth:`AgentSession.data_consumed`), not merely what arrived: the client
 keeps its unacknowledged frames and stops writing at its limit (SPEC §4), so
 input waiting for a slow handler is bounded by the client's window instead of
-growing without bound, and the socket is always read, so ACKs from the client
-are never stuck behind its DATA. A handler that keeps reading is acknowledged
+growing without bound, and the adapter need not stop reading the socket (ACKs
+from the client would be stuck behind its DATA). A handler that keeps reading is acknowledged
 within ``ack_delay`` of taking the data, and at least every 32 frames or
 32 KiB. RESUMED reports what *arrived* (SPEC §14): it is held by the agent.
 
