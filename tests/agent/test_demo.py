@@ -84,3 +84,17 @@ async def test_reply_streams_at_the_rate_and_ctrl_c_stops_it(socket_dir: Path) -
         leg.send_data(b"\x04")
         frames = await leg.closed()
         assert disconnect(frames[-1]).code == 0
+
+
+async def test_everything_typed_ahead_is_answered_before_ctrl_d(socket_dir: Path) -> None:
+    # As a script would send it: all at once, Ctrl-D included.
+    async with serving(demo_handler(rate=0), socket_dir) as server:
+        leg = await DaemonLeg.open(server.path)
+        await leg.connect(2)
+        leg.send_data(b"first line\rsecond line\r\x04ignored\r")
+        frames = await leg.closed()
+        text = b"".join(leg.data[s] for s in sorted(leg.data)).decode()
+        assert "(That was message 1.)" in text and "(That was message 2.)" in text
+        assert "you> second line" in text
+        assert text.endswith("you> \r\nbye\r\n") and "ignored" not in text
+        assert disconnect(frames[-1]).reason == "bye"

@@ -178,7 +178,7 @@ class DemoBrain:
         if any(k in command for k in ("remember", "recap", "what did i say", "so far")):
             recap = self._recap(earlier)
             parts.append(
-                f"Here's what you told me before:\n{recap}" if recap else "This is our first."
+                f"Here's what you told me before:\n{recap}\n" if recap else "This is our first."
             )
         elif not earlier:
             parts.append("This is the first thing you've told me.")
@@ -187,7 +187,10 @@ class DemoBrain:
             parts.append(f"That connects to your message {i}: {_quote(previous)}.")
         parts.append(self._THOUGHTS[(digest >> 8) % len(self._THOUGHTS)])
         parts.append(f"(That was message {n}.)")
-        return " ".join(parts)
+        text = parts[0]
+        for part in parts[1:]:
+            text += part if text.endswith("\n") else " " + part
+        return text
 
     def _recap(self, messages: list[str] | None = None) -> str:
         messages = self.history if messages is None else messages
@@ -224,8 +227,9 @@ class _Demo:
         self.delay = 1.0 / rate if rate > 0 else 0.0
         self.editor = LineEditor()
         self.brain = DemoBrain()
-        # Lines typed while a reply streams, answered in order after it.
-        self.pending: deque[str] = deque()
+        # Lines typed while a reply streams, answered in order after it;
+        # None: Ctrl-D, the end of the conversation.
+        self.pending: deque[str | None] = deque()
         self.busy = False
         self.interrupted = False
         self.responder: asyncio.Task[None] | None = None
@@ -243,6 +247,8 @@ class _Demo:
         try:
             async for data in session:
                 for edit in self.editor.feed(data):
+                    if None in self.pending:
+                        break  # Ctrl-D typed ahead: nothing after it counts
                     if edit.kind == "echo":
                         if not self.busy:  # type-ahead is shown after the reply
                             await self.send(edit.text)
@@ -257,9 +263,10 @@ class _Demo:
                             self.interrupted = True
                         else:
                             await self.send("^C\n" + PROMPT)
+                    elif self.busy:
+                        self.pending.append(None)
                     else:
-                        await self.send("\nbye\n")
-                        await session.close(0, "bye")
+                        await self.goodbye()
                         return
         finally:
             if self.responder is not None:
@@ -274,19 +281,31 @@ class _Demo:
                     await self.stream(REPLY_PREFIX + reply)
                 if self.interrupted:
                     self.interrupted = False
+                    eof = None in self.pending
                     self.pending.clear()
+                    if eof:
+                        self.pending.append(None)
                     await self.send(" ^C [stopped]\n\n")
                 elif reply:
                     await self.send("\n\n")
                 if not self.pending:
                     break
-                line = self.pending.popleft()
-                await self.send(PROMPT + line)
+                next_line = self.pending.popleft()
+                await self.send(PROMPT)
+                if next_line is None:
+                    await self.goodbye()
+                    return
+                line = next_line
+                await self.send(line)
             # Nothing else to answer: a new prompt and whatever was typed ahead.
             self.busy = False
             await self.send(PROMPT + self.editor.text)
         except SessionClosed:
             pass
+
+    async def goodbye(self) -> None:
+        await self.send("\nbye\n")
+        await self.session.close(0, "bye")
 
     async def stream(self, text: str) -> None:
         for token in tokens(text):
