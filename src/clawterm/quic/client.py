@@ -40,7 +40,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 
 from ._flow import BoundedQuicConnection, stream_unacked
-from .server import ALPN
+from .server import ALPN, grow_socket_buffers
 
 __all__ = [
     "QuicClientConnection",
@@ -319,6 +319,7 @@ class QuicClientConnection:
         sock = _bind(self._family, host, local_port)
         forwarder = _Forwarder(proto)
         transport, _ = await loop.create_datagram_endpoint(lambda: forwarder, sock=sock)
+        grow_socket_buffers(transport)
         old_transport, old_forwarder = proto._transport, proto.forwarder
         proto._transport = transport
         proto.forwarder = forwarder
@@ -407,6 +408,7 @@ async def open_quic_stream(
     forwarder = _Forwarder(proto)
     sock = _bind(family, local_host, local_port)
     transport, _ = await loop.create_datagram_endpoint(lambda: forwarder, sock=sock)
+    grow_socket_buffers(transport)
     proto.connection_made(transport)
     proto.forwarder = forwarder
     try:

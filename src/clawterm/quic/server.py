@@ -19,9 +19,11 @@ Connection migration and path validation are aioquic's and are left on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import logging
 import os
+import socket
 from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,6 +60,22 @@ APP_STREAM_MISUSE = 0x1
 APP_HANDSHAKE_TIMEOUT = 0x2
 #: Seconds to wait for the peer to acknowledge our FIN before closing anyway.
 CLOSE_LINGER = 3.0
+#: Requested UDP socket buffer size, bytes.
+SOCKET_BUFFER = 4 << 20
+
+
+def grow_socket_buffers(transport: Any, size: int = SOCKET_BUFFER) -> None:
+    """Ask for larger UDP socket buffers (the kernel caps them at rmem_max/wmem_max).
+
+    With the default ~200 KiB, a burst of datagrams while the loop is busy
+    overflows the receive buffer, and every drop costs a congestion-window cut.
+    """
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return
+    for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, opt, size)
 
 
 def use_retry(mode: str, host: str) -> bool:
@@ -516,6 +534,7 @@ async def start_quic_server(daemon: Daemon, cert: Path, key: Path) -> QuicListen
     )
     listener.server = server
     listener.transport = transport
+    grow_socket_buffers(transport)
     sockname = transport.get_extra_info("sockname")
     listener.address = (str(sockname[0]), int(sockname[1]))
     log.info(
