@@ -75,11 +75,19 @@ class SendBuffer:
         self._bytes += len(raw)
         return raw
 
+    @property
+    def first_seq(self) -> int | None:
+        """SEQ of the oldest frame held (what a legacy empty ACK acknowledges)."""
+        return self._frames[0][0] if self._frames else None
+
     def ack(self, seq: int) -> int:
         """The far peer has every frame up to ``seq``; release them.
 
-        Returns the number of bytes released.
+        An ACK beyond the last SEQ numbered is taken as acknowledging
+        everything sent, never more. Returns the number of bytes released.
         """
+        if is_newer(seq, self.last_seq):
+            seq = self.last_seq
         frames = self._frames
         freed = 0
         while frames and not is_newer(frames[0][0], seq):
@@ -97,7 +105,10 @@ class SendBuffer:
 
         Nothing is released — the daemon's last_rx_seq is not the far peer's
         acknowledgement — and numbering continues above the larger of our own
-        last SEQ and ``peer_last_rx`` (SPEC §6).
+        last SEQ and ``peer_last_rx`` (SPEC §6: a new device continues from the
+        daemon's count). This is the *client's* rule; an agent answering an
+        agent-leg RESUME only resends (:meth:`resend_after`), since it alone
+        numbers its direction.
         """
         self.last_seq = seq_max(self.last_seq, peer_last_rx)
         return self.resend_after(peer_last_rx)

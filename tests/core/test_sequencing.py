@@ -102,3 +102,13 @@ def test_peers_back_to_back_deliver_exactly_once(rounds: list[tuple[int, int]]) 
             tx.ack(rx.take_ack())
     deliver(tx.resumed(rx.last_rx))
     assert delivered == list(range(20))
+
+
+def test_ack_beyond_last_sent_is_clamped() -> None:
+    buf = SendBuffer()
+    assert buf.first_seq is None
+    buf.encode_data(1, b"a")
+    buf.encode_data(1, b"b")
+    assert buf.first_seq == 1
+    buf.ack(1000)
+    assert buf.acked == 2 and len(buf) == 0 and buf.first_seq is None
