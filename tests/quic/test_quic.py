@@ -503,3 +503,20 @@ def test_stream_stopped_or_reset_by_client_suspends_the_session(d: DaemonProcess
         await agent.stop()
 
     run(main())
+
+
+def test_connection_without_a_stream_is_closed_after_the_handshake_timeout(
+    tmp_path: Path,
+) -> None:
+    d = start_daemon(tmp_path, "--handshake-timeout", "1")
+
+    async def main() -> None:
+        _reader, _writer, conn = await open_quic_stream("127.0.0.1", d.quic_port)
+        await asyncio.wait_for(conn.wait_closed(), 10)
+        event = conn.protocol._quic._close_event
+        assert event is not None and event.error_code == 0x2, event
+
+    try:
+        run(main())
+    finally:
+        d.stop()
