@@ -351,3 +351,39 @@ async def test_graceful_daemon_restart_shutting_down_reconnects(
         assert states[1].state is cc.ClientState.RECONNECTING
         assert "SHUTTING_DOWN" in states[1].message
         await s.close()
+
+
+class CountingStore(cc.SessionStore):
+    saves = 0
+
+    def save(self, record: cc.SavedSession) -> None:
+        self.saves += 1
+        super().save(record)
+
+
+async def test_slow_reader_pauses_the_socket_and_saves_are_throttled(
+    d: DaemonProcess, config_dir: Path
+) -> None:
+    store = CountingStore()
+    async with echo(d) as agent:
+        s = await cc.connect(
+            d.host, d.port, token=d.token, max_receive_queue=64 * 1024, store=store, name="slow"
+        )
+        blob = random.Random(3).randbytes(2 << 20)
+        for i in range(0, len(blob), 16384):
+            agent.write(s.session_id, blob[i : i + 16384])
+        paused = False
+        got = bytearray()
+        while len(got) < len(blob):
+            got += await s.receive()
+            paused = paused or s._reading_paused
+            if len(got) % (256 * 1024) < 16384:
+                await asyncio.sleep(0.05)  # a slow application
+        assert hashlib.sha256(got).digest() == hashlib.sha256(blob).digest()
+        assert paused and s._rx_bytes == 0 and not s._reading_paused
+        # 128 frames consumed, a handful of writes.
+        assert store.saves < 20
+        await asyncio.sleep(1.2)  # the throttled save catches up
+        assert store.get("slow").last_rx_seq == s.last_rx_seq == 128
+        await s.close()
+        assert store.get("slow").state == "closed"
