@@ -292,14 +292,10 @@ class Daemon:
         self.handshakes_per_ip[proto.peer_ip] = count + 1
 
     def _handshake_done(self, proto: ClientProtocol) -> None:
+        """A handshake completed: release its slot and record its latency."""
         if proto.handshaking:
-            proto.handshaking = False
-            left = self.handshakes_per_ip.get(proto.peer_ip, 1) - 1
-            if left > 0:
-                self.handshakes_per_ip[proto.peer_ip] = left
-            else:
-                self.handshakes_per_ip.pop(proto.peer_ip, None)
             self.metrics.handshake_seconds.observe(self.loop.time() - proto.started)
+            self._handshake_done_quietly(proto)
 
     def client_lost(self, proto: ClientProtocol) -> None:
         self.clients.discard(proto)
@@ -310,6 +306,7 @@ class Daemon:
             self.after_burst(session)
 
     def _handshake_done_quietly(self, proto: ClientProtocol) -> None:
+        """Release the connection's per-address handshake slot (issue 3 limit)."""
         if proto.handshaking:
             proto.handshaking = False
             left = self.handshakes_per_ip.get(proto.peer_ip, 1) - 1
