@@ -138,7 +138,6 @@ class ClientProtocol(_LegBase):
     def data_received(self, data: bytes) -> None:
         daemon = self.daemon
         self.last_rx = daemon.loop.time()
-        session = self.session
         try:
             for frame in self.decoder.feed(data):
                 if self.closing:

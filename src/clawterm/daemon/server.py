@@ -445,7 +445,7 @@ class Daemon:
         )
         proto.session = session
         session.attach(proto, 0, session.capabilities)
-        self.log_event("accept", session, peer=proto.peer)
+        self.log_event("accept", session, peer=f"{proto.peer} ({proto.transport_name})")
         proto.replay_backlog()
         proto.resume_reading()
         self.after_burst(session)
@@ -561,7 +561,7 @@ class Daemon:
         proto.session = session
         session.attach(proto, last_rx, session.capabilities)
         self.metrics.resumes_total.labels(result="ok").inc()
-        self.log_event("resume", session, peer=proto.peer)
+        self.log_event("resume", session, peer=f"{proto.peer} ({proto.transport_name})")
 
     # -- agent legs -------------------------------------------------------------
 
