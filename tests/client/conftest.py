@@ -48,3 +48,14 @@ def config_dir(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = short_tmp / "config"
     monkeypatch.setenv("CLAWTERM_CONFIG_DIR", str(path))
     return path
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Soak tests of this directory run only when asked for (``-m slow``, ./dev test-slow)."""
+    if config.getoption("markexpr"):
+        return
+    here = Path(__file__).parent
+    skip = pytest.mark.skip(reason="slow soak test: run with -m slow (./dev test-slow)")
+    for item in items:
+        if "slow" in item.keywords and here in Path(str(item.path)).parents:
+            item.add_marker(skip)

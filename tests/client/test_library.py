@@ -387,3 +387,26 @@ async def test_slow_reader_pauses_the_socket_and_saves_are_throttled(
         assert store.get("slow").last_rx_seq == s.last_rx_seq == 128
         await s.close()
         assert store.get("slow").state == "closed"
+
+
+@pytest.mark.slow
+async def test_soak_random_kills_and_daemon_restarts(d: DaemonProcess, config_dir: Path) -> None:
+    """32 MiB each way through random transport kills and two daemon SIGKILLs."""
+    loop = asyncio.get_running_loop()
+    rng = random.Random(7)
+    async with echo(d):
+        s = await cc.connect(d.host, d.port, token=d.token, config=FAST)
+
+        async def breaker() -> None:
+            for i in range(40):
+                await asyncio.sleep(rng.uniform(0.05, 0.4))
+                if i in (13, 29):
+                    await loop.run_in_executor(None, d.kill)
+                    await loop.run_in_executor(None, d.start)
+                    continue
+                await connected(s)
+                rng.choice([rst, abrupt_close])(s)
+
+        await stream_through(s, 32 << 20, breaker(), seed=9)
+        assert s.gaps == 0
+        await s.close()

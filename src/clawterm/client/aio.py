@@ -587,8 +587,8 @@ class Session:
             return
         transport = link.transport
         assert transport is not None
-        if conn.finished:
-            transport.abort()
+        if conn.finished or self._open_task is not asyncio.current_task():
+            transport.abort()  # suspended or closed meanwhile: this transport is not wanted
             return
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
