@@ -410,3 +410,24 @@ async def test_soak_random_kills_and_daemon_restarts(d: DaemonProcess, config_di
         await stream_through(s, 32 << 20, breaker(), seed=9)
         assert s.gaps == 0
         await s.close()
+
+
+async def test_resume_waits_for_a_restarting_daemon(d: DaemonProcess, config_dir: Path) -> None:
+    loop = asyncio.get_running_loop()
+    async with echo(d):
+        s = await cc.connect(d.host, d.port, token=d.token)
+        await s.send(b"before")
+        assert await s.receive() == b"before"
+        record = s.saved()
+        await s.suspend()
+        await loop.run_in_executor(None, d.kill)
+        states: list[cc.StateInfo] = []
+        ctx = cc.resume(record, config=FAST, on_state=states.append)
+        entering = asyncio.create_task(ctx.__aenter__())
+        await asyncio.sleep(0.5)
+        assert not entering.done() and states[0].state is cc.ClientState.RECONNECTING
+        await loop.run_in_executor(None, d.start)
+        again = await asyncio.wait_for(entering, 10)
+        await again.send(b"after")
+        assert await again.receive() == b"after"
+        await again.close()

@@ -255,11 +255,12 @@ class _Interactive:
     def on_state(self, info: StateInfo) -> None:
         if info.state is ClientState.RECONNECTING and self.down_since is None:
             self.down_since = time.monotonic()
-            text = f"link lost ({info.message}); reconnecting - what you type is kept"
             if self.raw:
-                self.notifier.down(text)
+                self.notifier.down(
+                    f"link lost ({info.message}); reconnecting - what you type is kept"
+                )
             else:
-                _say(text)
+                _say(f"cannot reach the daemon ({info.message}); retrying - Ctrl-C gives up")
         elif info.state is ClientState.CONNECTED and self.down_since is not None:
             took = time.monotonic() - self.down_since
             self.down_since = None
