@@ -640,10 +640,9 @@ class ClientConnection:
         seq = Ack.decode(frame.payload).seq
         if seq is None:
             # SPEC §4: an empty ACK acknowledges the oldest unacknowledged frame.
-            held = self._send.resend_after(self._send.acked)
-            if not held:
+            seq = self._send.first_seq
+            if seq is None:
                 return
-            seq = int.from_bytes(held[0][5:9], "big")
         if not is_newer(seq, self._send.last_seq):  # never for frames not yet sent
             self._send.ack(seq)
 
