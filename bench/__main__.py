@@ -15,7 +15,7 @@ from pathlib import Path
 
 from bench.common import ROOT
 from bench.report import print_tables, write
-from bench.suite import MODES, run_suite
+from bench.suite import AGENT, MODES, run_suite
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -26,14 +26,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-write", action="store_true", help="print only")
     parser.add_argument("--json", type=Path, help="also save the raw results here")
+    parser.add_argument(
+        "--agent",
+        choices=["lean", "sdk"],
+        default="lean",
+        help="echo agent: bench/agent.py (default) or clawterm-agent echo",
+    )
     args = parser.parse_args(argv)
     mode = MODES["quick" if args.quick else "full"]
+    AGENT[0] = args.agent
     results = run_suite(mode)
     print_tables(results)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     if not args.no_write:
         command = "python -m bench" + (" --quick" if args.quick else "")
+        command += " --agent sdk" if args.agent == "sdk" else ""
         write(results, args.out, command)
         print(f"wrote {args.out}", file=sys.stderr)
     return 0

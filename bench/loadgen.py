@@ -4,7 +4,8 @@ Every system is driven by this same program. Sessions are
 ``asyncio.Protocol`` objects over TLS 1.3; ``proto`` picks the wire format:
 
 * ``ct`` — ClawTerm frames (SPEC §2): CONNECT (58-byte payload, capability
-  ACK|RESUME2|WINSIZE), wait for ACCEPT, then DATA frames numbered 1, 2, …;
+  ACK|RESUME2|WINSIZE; with ``agent_leg``, as the daemon's agent leg sends it:
+  a session id in the header and a zero token), wait for ACCEPT, then DATA frames numbered 1, 2, …;
   echoes are parsed with one ``struct`` call per frame (CRC checked only
   with ``verify``); one ACK (u32, highest echo SEQ) goes out with the next
   write after each chunk that held DATA (SPEC §4 allows ACK pacing).
@@ -150,9 +151,12 @@ class Base(asyncio.Protocol):
 
 
 class CtSession(Base):
-    def __init__(self, st: Stats, payload: bytes, window: int, verify: bool, token: bytes) -> None:
+    def __init__(
+        self, st: Stats, payload: bytes, window: int, verify: bool, token: bytes, agent_leg: bool
+    ) -> None:
         super().__init__(st, payload, window, verify)
         self.token = token
+        self.agent_leg = agent_leg
         self.sid = 0
         self.seq = 0
         self.rx_seq = 0
@@ -162,6 +166,13 @@ class CtSession(Base):
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
+        if self.agent_leg:
+            # Through the pass-through relay the agent itself is the peer: the
+            # agent-leg CONNECT carries a session id and a zero token (SPEC §14).
+            sid = int.from_bytes(os.urandom(4), "big") | 1
+            connect = Connect(1, 7, 0, 1, bytes(32), os.urandom(16), 58).encode()
+            transport.write(ct_frame(FrameType.CONNECT, sid, 0, connect))
+            return
         connect = Connect(1, 7, 0, 1, self.token, os.urandom(16), 58).encode()
         transport.write(ct_frame(FrameType.CONNECT, 0, 0, connect))
 
@@ -317,7 +328,14 @@ async def open_sessions(
 
     def factory() -> Base:
         if spec["proto"] == "ct":
-            return CtSession(st, payload, spec.get("window", 0), spec.get("verify", False), token)
+            return CtSession(
+                st,
+                payload,
+                spec.get("window", 0),
+                spec.get("verify", False),
+                token,
+                spec.get("agent_leg", False),
+            )
         return WsSession(st, payload, spec.get("window", 0), spec.get("verify", False), host)
 
     async def one() -> None:

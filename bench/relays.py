@@ -7,13 +7,15 @@ agent leg.
 
 * ``passthrough`` — the Python floor: TLS terminate, then bytes are copied
   between the TLS connection and the agent connection with no parsing at all
-  (the load generator's ClawTerm frames, CONNECT included, reach the agent
-  unchanged). Flow control: each side pauses reading while the other side's
-  write buffer is above its high-water mark.
+  (the load generator's ClawTerm frames reach the agent unchanged; its
+  CONNECT is the agent-leg form, SPEC §14, since the agent is its peer).
+  Flow control: each side pauses reading while the other side's write
+  buffer is above its high-water mark.
 * ``websockets`` — a ``websockets`` (asyncio implementation) server: each
   binary message becomes one ClawTerm DATA frame to the agent (the relay
   sends CONNECT first and waits for ACCEPT); each DATA frame from the agent
-  goes back as one binary message; the agent's ACKs are dropped.
+  goes back as one binary message; the agent's ACKs are dropped and the
+  relay acknowledges the agent's DATA itself (one ACK per chunk read).
 * ``picows`` — the same relay on ``picows`` callbacks.
 
 The WebSocket relays therefore do the framing work clawtermd does on its
@@ -145,6 +147,7 @@ class AgentLeg(asyncio.Protocol):
         buf = self.buf + data if self.buf else data
         end = len(buf)
         pos = 0
+        last = 0
         got: list[bytes] = []
         while end - pos >= 15:
             length = _unpack(buf, pos)[5]
@@ -154,11 +157,16 @@ class AgentLeg(asyncio.Protocol):
             ftype = buf[pos + 9]
             if ftype == FrameType.DATA:
                 got.append(buf[pos + 13 : stop - 2])
+                last = _unpack(buf, pos)[2]
             elif ftype == FrameType.ACCEPT and not self.accepted.done():
                 self.accepted.set_result(True)
             pos = stop
         self.buf = buf[pos:] if pos < end else b""
         if got:
+            # The WebSocket client has no ACKs: acknowledge on delivery, as
+            # clawtermd does for clients without the ACK capability (SPEC §4),
+            # so an agent that keeps unacknowledged output never stalls.
+            self.transport.write(frame(FrameType.ACK, self.sid, self.seq, last.to_bytes(4, "big")))
             self.on_payloads(got)
 
     def connection_lost(self, exc: Exception | None) -> None:

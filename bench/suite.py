@@ -103,6 +103,30 @@ class Env:
         return self.relays[system].pid
 
 
+#: Which echo agent every system relays to: "lean" (bench/agent.py) or
+#: "sdk" (``clawterm-agent echo``, the agent SDK's echo agent).
+AGENT = ["lean"]
+
+
+def agent_argv(socket_dir: Path) -> list[str]:
+    if AGENT[0] == "sdk":
+        return [
+            sys.executable,
+            "-m",
+            "clawterm.agent.cli",
+            "echo",
+            "--socket-dir",
+            str(socket_dir),
+            "--tenant",
+            "0",
+            "--agent",
+            "1",
+            "--log-level",
+            "warning",
+        ]
+    return [sys.executable, "-m", "bench.agent", "--socket-dir", str(socket_dir)]
+
+
 def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -114,11 +138,7 @@ def start_env(tmp: Path) -> Env:
 
         os.sched_setaffinity(0, lg)
     daemon = Daemon(tmp / "clawtermd", server).start()
-    agent = spawn(
-        [sys.executable, "-m", "bench.agent", "--socket-dir", str(daemon.socket_dir)],
-        lg,
-        tmp / "agent.log",
-    )
+    agent = spawn(agent_argv(daemon.socket_dir), lg, tmp / "agent.log")
     daemon.wait_agent()
     env = Env(tmp, server, lg, daemon, agent)
     env.ports["clawtermd"] = daemon.port
@@ -176,7 +196,13 @@ def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -
     and ``other_cpu``: CPU the rest of the machine used in that window
     (anything above a few percent means a noisy neighbour).
     """
-    spec = {"host": "127.0.0.1", "port": env.ports[system], "proto": PROTO[system], **spec}
+    spec = {
+        "host": "127.0.0.1",
+        "port": env.ports[system],
+        "proto": PROTO[system],
+        "agent_leg": system == "passthrough",
+        **spec,
+    }
     spec.setdefault("token", env.daemon.token)
     proc = spawn(
         [sys.executable, "-m", "bench.loadgen", json.dumps(spec)],
@@ -371,11 +397,7 @@ def scale(tmp: Path, mode: Mode) -> dict[str, Any]:
 def start_env_daemon_only(tmp: Path) -> Env:
     server, lg = cores()
     daemon = Daemon(tmp, server).start()
-    agent = spawn(
-        [sys.executable, "-m", "bench.agent", "--socket-dir", str(daemon.socket_dir)],
-        lg,
-        tmp / "agent.log",
-    )
+    agent = spawn(agent_argv(daemon.socket_dir), lg, tmp / "agent.log")
     daemon.wait_agent()
     env = Env(tmp, server, lg, daemon, agent)
     env.ports["clawtermd"] = daemon.port
@@ -425,7 +447,11 @@ def run_suite(mode: Mode, workdir: Path | None = None) -> dict[str, Any]:
     started = time.monotonic()
     # Re-measuring noisy windows only while the run stays well inside its budget.
     _deadline[0] = started + {"full": 420.0, "quick": 40.0}.get(mode.name, 0.0)
-    results: dict[str, Any] = {"mode": mode.name, "haproxy": shutil.which("haproxy")}
+    results: dict[str, Any] = {
+        "mode": mode.name,
+        "haproxy": shutil.which("haproxy"),
+        "agent": AGENT[0],
+    }
     env = start_env(tmp / "main")
     try:
         results["throughput"] = throughput(env, mode)
