@@ -41,9 +41,9 @@ from collections.abc import AsyncIterator, Callable, Generator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from ..constants import DEFAULT_PORT
+from ..constants import DEFAULT_PORT, DEFAULT_QUIC_PORT
 from ..errors import LocalProtocolError
 from ..frame import Buffer
 from .errors import SavedSessionError, SessionEnded, TrustError, error_for
@@ -63,7 +63,28 @@ from .protocol import ClientConfig, ClientConnection, ResumeTicket
 from .saved import SavedSession, SessionStore
 from .trust import KnownHosts, Trust
 
-__all__ = ["Session", "SessionContext", "StateInfo", "connect", "parse_token", "resume"]
+if TYPE_CHECKING:  # aioquic is imported only when QUIC is used
+    from ..quic.client import QuicClientConnection, QuicStreamReader, QuicStreamWriter
+
+__all__ = [
+    "HEAD_START",
+    "TRANSPORTS",
+    "Session",
+    "SessionContext",
+    "StateInfo",
+    "TransportMode",
+    "connect",
+    "parse_token",
+    "resume",
+]
+
+#: ``tcp``: TLS 1.3 over TCP; ``quic``: QUIC (UDP); ``auto``: race them, QUIC first.
+TransportMode = Literal["tcp", "quic", "auto"]
+TRANSPORTS: tuple[TransportMode, ...] = ("tcp", "quic", "auto")
+#: ``auto``: how long QUIC may try alone before TLS/TCP is started too (seconds).
+HEAD_START = 0.25
+#: Bytes written on a QUIC stream and not yet acknowledged above which ``send()`` waits.
+_QUIC_WRITE_HIGH = 256 * 1024
 
 log = logging.getLogger("clawterm.client")
 
@@ -107,6 +128,8 @@ class StateInfo:
     resumed: bool = False
     #: CONNECTED after a RESUMED with GAP: output was lost in the daemon (SPEC §7).
     gap: bool = False
+    #: The transport in use when this state was entered: "tcp", "quic" or None (none up).
+    transport: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -126,12 +149,27 @@ def _describe(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Transport(Protocol):
+    """What the session needs of a transport (an :class:`asyncio.Transport` has it)."""
+
+    def write(self, data: bytes) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+    def get_extra_info(self, name: str, default: Any = None) -> Any: ...
+
+
 class _Link(asyncio.Protocol):
     """One transport. Feeds the session only once attached (after the trust check)."""
 
-    def __init__(self, session: Session) -> None:
+    def __init__(self, session: Session, kind: str = "tcp") -> None:
         self.session = session
-        self.transport: asyncio.Transport | None = None
+        #: "tcp" or "quic".
+        self.kind = kind
+        #: The QUIC connection (migration), for a QUIC link.
+        self.quic: QuicClientConnection | None = None
+        self.transport: _Transport | None = None
         self.attached = False
         self.early: list[bytes] = []
         self.paused = False
@@ -151,10 +189,11 @@ class _Link(asyncio.Protocol):
     def eof_received(self) -> bool | None:
         return None  # close our side too
 
-    def connection_lost(self, exc: Exception | None) -> None:
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.closed.done():
+            return
         self.lost = exc
-        if not self.closed.done():
-            self.closed.set_result(None)
+        self.closed.set_result(None)
         if self.attached:
             self.session._on_lost(self, exc)
 
@@ -164,6 +203,114 @@ class _Link(asyncio.Protocol):
     def resume_writing(self) -> None:
         self.paused = False
         self.session._wake()
+
+
+class _QuicTransport:
+    """A QUIC stream (:func:`clawterm.quic.client.open_quic_stream`) as a :class:`_Transport`.
+
+    A task reads the stream into the link; ``pause_reading`` stops reading, so
+    the stream's receive window closes (QUIC flow control). Writes above
+    ``_QUIC_WRITE_HIGH`` unacknowledged bytes pause the link's writing until
+    the daemon has acknowledged enough.
+    """
+
+    def __init__(
+        self,
+        link: _Link,
+        reader: QuicStreamReader,
+        writer: QuicStreamWriter,
+        conn: QuicClientConnection,
+    ) -> None:
+        self._link = link
+        self._reader = reader
+        self._writer = writer
+        self._conn = conn
+        self._loop = asyncio.get_running_loop()
+        self._reading = asyncio.Event()
+        self._reading.set()
+        self._closing = False
+        self._drainer: asyncio.Task[None] | None = None
+        writer.high = _QUIC_WRITE_HIGH
+        self._task = self._loop.create_task(self._read_loop())
+
+    async def _read_loop(self) -> None:
+        exc: BaseException | None = None
+        try:
+            while True:
+                await self._reading.wait()
+                data = await self._reader.read(65536)
+                if not data:
+                    break
+                self._link.data_received(data)
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, OSError) as err:
+            exc = err
+        self._finish(exc)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        if not self._closing:
+            self._closing = True
+            self._conn.close()
+        if self._drainer is not None:
+            self._drainer.cancel()
+        # The UDP socket is closed by the connection once it terminated; make sure.
+        proto: Any = self._conn.protocol
+        self._loop.call_later(3.0, lambda: proto._transport and proto._transport.close())
+        self._link.connection_lost(exc)
+
+    def write(self, data: bytes) -> None:
+        if self._closing or self._writer.is_closing():
+            return  # as a closed TCP transport: the core resends after RESUME
+        try:
+            self._writer.write(data)
+        except ConnectionError:
+            return
+        if self._writer.buffered() > _QUIC_WRITE_HIGH and self._drainer is None:
+            self._link.pause_writing()
+            self._drainer = self._loop.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        try:
+            await self._writer.drain()
+        except ConnectionError:
+            return
+        finally:
+            self._drainer = None
+        self._link.resume_writing()
+
+    def close(self) -> None:
+        """FIN after what was written; the connection closes once the daemon has it."""
+        if self._closing:
+            return
+        self._closing = True
+        self._writer.close()  # the reader then sees EOF: _finish
+
+    def abort(self) -> None:
+        if not self._closing:
+            self._closing = True
+            self._conn.close()
+        self._task.cancel()
+
+    def pause_reading(self) -> None:
+        self._reading.clear()
+
+    def resume_reading(self) -> None:
+        self._reading.set()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self._writer.transport.get_extra_info(name, default)
+
+
+def _route_source(addr: Any) -> str | None:
+    """The local address the kernel would send to ``addr`` from (no packet is sent)."""
+    family = socket.AF_INET6 if ":" in str(addr[0]) else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect(addr[:2] if family == socket.AF_INET else addr)
+            return str(probe.getsockname()[0])
+    except OSError:
+        return None
 
 
 class Session:
@@ -185,11 +332,32 @@ class Session:
         name: str | None = None,
         save_interval: float = 1.0,
         on_state: Callable[[StateInfo], None] | None = None,
+        transport: TransportMode = "tcp",
+        quic_port: int = DEFAULT_QUIC_PORT,
+        head_start: float = HEAD_START,
+        migrate_timeout: float = 3.0,
+        watch_address: float | None = 2.0,
     ) -> None:
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}")
         self._conn = conn
-        #: Daemon host and port.
+        #: Daemon host and TLS/TCP port (also the known_hosts key for both transports).
         self.host = host
         self.port = port
+        #: Transport policy: "tcp", "quic" or "auto".
+        self.transport_mode: TransportMode = transport
+        #: Daemon QUIC (UDP) port.
+        self.quic_port = quic_port
+        self._head_start = head_start
+        self._migrate_timeout = migrate_timeout
+        self._watch_interval = watch_address
+        self._watch: asyncio.TimerHandle | None = None
+        self._route_src: str | None = None
+        self._migrating = False
+        #: Successful QUIC migrations (no RESUME needed).
+        self.migrations = 0
+        #: Migrations that failed and fell back to reconnect + RESUME.
+        self.failed_migrations = 0
         self.trust = trust
         self._ssl = trust.ssl_context()
         self._connect_timeout = connect_timeout
@@ -227,6 +395,55 @@ class Session:
     def state(self) -> ClientState:
         """The current state."""
         return self._info.state
+
+    @property
+    def transport(self) -> str | None:
+        """The transport in use now: "tcp", "quic", or None while none is up."""
+        link = self._link
+        return link.kind if link is not None else None
+
+    async def migrate(self, local_host: str | None = None, *, within: float | None = None) -> bool:
+        """The local network changed: move the transport to it; True if migrated.
+
+        Over QUIC the connection moves to a new local UDP socket (on
+        ``local_host``, default: any address) and proves the new path with a
+        PING within ``within`` seconds (default ``migrate_timeout``): the
+        stream goes on, no RESUME. If that fails, the transport is dropped
+        and the session reconnects and RESUMEs as after any drop (False).
+        A TLS/TCP connection cannot change address: it is dropped and the
+        session reconnects and RESUMEs at once (False). Without a transport
+        up (reconnecting, finished) nothing happens (False).
+        """
+        link = self._link
+        if link is None or self._conn.finished or self._migrating:
+            return False
+        if link.quic is None:
+            self._drop(link, ConnectionError("local address changed"))
+            return False
+        self._migrating = True
+        started = self._loop.time()
+        try:
+            await link.quic.migrate(
+                local_host=local_host,
+                within=self._migrate_timeout if within is None else within,
+            )
+        except (OSError, TimeoutError, ConnectionError) as exc:
+            self.failed_migrations += 1
+            log.info("QUIC migration failed (%s): reconnecting with RESUME", _describe(exc))
+            self._drop(link, ConnectionError(f"migration failed: {_describe(exc)}"))
+            return False
+        finally:
+            self._migrating = False
+        self.migrations += 1
+        log.debug("QUIC connection migrated in %.3f s", self._loop.time() - started)
+        return self._link is link
+
+    def _drop(self, link: _Link, why: BaseException) -> None:
+        """Give up ``link`` now: the core reconnects (and RESUMEs)."""
+        if self._link is link:
+            self._on_lost(link, why)
+        if link.transport is not None:
+            link.transport.abort()
 
     @property
     def info(self) -> StateInfo:
@@ -449,6 +666,8 @@ class Session:
             detail=info.message,
             created=self._created,
             last_seen=time.time(),
+            transport=self.transport_mode,
+            quic_port=self.quic_port,
         )
 
     def handoff_link(self) -> HandoffLink:
@@ -507,11 +726,15 @@ class Session:
             event.message,
             resumed=resumed is not None,
             gap=resumed is not None and resumed.gap,
+            transport=self.transport,
         )
         self._info = info
         if info.finished:
             if self._open_task is not None and not self._open_task.done():
                 self._open_task.cancel()
+            if self._watch is not None:
+                self._watch.cancel()
+                self._watch = None
             assert event.reason is not None
             if event.reason not in CLEAN_REASONS and self._error is None:
                 self._error = error_for(event.reason, event.code, event.message)
@@ -556,7 +779,94 @@ class Session:
 
     async def _open(self, attempt: int) -> None:
         conn = self._conn
-        link = _Link(self)
+        try:
+            link = await self._dial()
+        except TrustError as exc:
+            # Never retried: a changed certificate, or a chain/name that did not verify.
+            self._error = exc
+            conn.fail(CloseReason.UNTRUSTED, str(exc), self._loop.time())
+            self._pump()
+            return
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            log.debug("transport to %s failed: %s", self._where(), _describe(exc))
+            conn.receive_eof(self._loop.time(), _describe(exc))
+            self._pump()
+            return
+        transport = link.transport
+        assert transport is not None
+        if conn.finished or self._open_task is not asyncio.current_task():
+            transport.abort()  # suspended or closed meanwhile: this transport is not wanted
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        log.debug("transport %d to %s up over %s", attempt, self._where(), link.kind)
+        link.attached = True
+        self._link = link
+        if self._reading_paused:
+            transport.pause_reading()
+        if link.quic is not None:
+            self._start_watch(link)
+        conn.transport_opened(self._loop.time())
+        self._pump()
+        for data in link.early:
+            if self._link is link:
+                self._on_data(link, data)
+        link.early.clear()
+        if link.closed.done() and self._link is link:
+            self._on_lost(link, link.lost)
+
+    def _where(self) -> str:
+        if self.transport_mode == "tcp":
+            return f"{self.host}:{self.port}"
+        if self.transport_mode == "quic":
+            return f"{self.host}:{self.quic_port}/udp"
+        return f"{self.host}:{self.port} or {self.quic_port}/udp"
+
+    async def _dial(self) -> _Link:
+        """A trusted, not yet attached transport, by the transport policy.
+
+        Raises :class:`TrustError` (final) or OSError/TimeoutError/SSLError.
+        """
+        if self.transport_mode == "tcp":
+            return await self._dial_tcp()
+        if self.transport_mode == "quic":
+            return await self._dial_quic()
+        return await self._race()
+
+    async def _race(self) -> _Link:
+        """``auto``: QUIC first; TLS/TCP too after the head start; the first up wins."""
+        quic = self._loop.create_task(self._dial_quic())
+        tasks = [quic]
+        try:
+            done, _ = await asyncio.wait({quic}, timeout=self._head_start)
+            if not done or quic.exception() is not None:
+                tasks.append(self._loop.create_task(self._dial_tcp()))
+            pending = {t for t in tasks if not t.done()}
+            while True:
+                for task in tasks:  # QUIC first when both are up
+                    if task.done() and task.exception() is None:
+                        winner = task.result()
+                        for other in tasks:
+                            if other is not task:
+                                other.add_done_callback(_discard_link)
+                        return winner
+                    if task.done():
+                        err = _dial_error(task)
+                        if isinstance(err, TrustError):
+                            raise err
+                if not pending:
+                    break
+                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                if not task.done():
+                    task.cancel()
+        raise _dial_error(tasks[-1])  # TLS/TCP's error when both failed: the more telling one
+
+    async def _dial_tcp(self) -> _Link:
+        link = _Link(self, "tcp")
         try:
             await asyncio.wait_for(
                 self._loop.create_connection(
@@ -574,51 +884,74 @@ class Session:
                 link.transport.abort()
             raise
         except ssl.SSLCertVerificationError as exc:
-            # CA mode: the chain or the name did not verify. Never retried.
-            message = f"certificate of {self.host}:{self.port} not trusted: {exc.verify_message}"
-            self._error = TrustError(message)
-            conn.fail(CloseReason.UNTRUSTED, message, self._loop.time())
-            self._pump()
-            return
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            log.debug("transport to %s:%d failed: %s", self.host, self.port, _describe(exc))
-            conn.receive_eof(self._loop.time(), _describe(exc))
-            self._pump()
-            return
+            # CA mode: the chain or the name did not verify.
+            raise TrustError(
+                f"certificate of {self.host}:{self.port} not trusted: {exc.verify_message}"
+            ) from None
         transport = link.transport
         assert transport is not None
-        if conn.finished or self._open_task is not asyncio.current_task():
-            transport.abort()  # suspended or closed meanwhile: this transport is not wanted
-            return
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        self._check(link, der, f"{self.host}:{self.port}")
+        return link
+
+    async def _dial_quic(self) -> _Link:
+        from ..quic.client import QuicCertificateError, open_quic_stream
+
+        link = _Link(self, "quic")
+        ca = self.trust.ca
+        try:
+            reader, writer, qconn = await open_quic_stream(
+                self.host,
+                self.quic_port,
+                verify=ca is not None,
+                cafile=os.fspath(ca) if ca is not None else None,
+                server_name=self.host,
+                connect_timeout=self._connect_timeout,
+            )
+        except QuicCertificateError as exc:
+            raise TrustError(f"certificate of {self.host}:{self.quic_port}/udp: {exc}") from None
+        except ConnectionError as exc:
+            raise ConnectionError(f"QUIC: {exc or 'handshake failed'}") from None
+        link.quic = qconn
+        link.transport = _QuicTransport(link, reader, writer, qconn)
+        # Same certificate, same known_hosts entry (host:TLS port) as TLS/TCP.
+        self._check(link, qconn.peer_certificate_der, f"{self.host}:{self.quic_port}/udp")
+        return link
+
+    def _check(self, link: _Link, der: bytes | None, where: str) -> None:
+        """The trust check, before anything is sent; aborts the link on failure."""
         try:
             if not der:
-                raise TrustError(f"{self.host}:{self.port} presented no certificate")
+                raise TrustError(f"{where} presented no certificate")
             self.fingerprint = self.trust.check(self.host, self.port, der)
-        except TrustError as exc:
-            transport.abort()
-            self._error = exc
-            conn.fail(CloseReason.UNTRUSTED, str(exc), self._loop.time())
-            self._pump()
+        except TrustError:
+            if link.transport is not None:
+                link.transport.abort()
+            raise
+
+    def _start_watch(self, link: _Link) -> None:
+        """QUIC: watch the route's source address toward the daemon; migrate when it changes."""
+        if self._watch_interval is None or link.transport is None:
             return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        log.debug("transport %d to %s:%d up", attempt, self.host, self.port)
-        link.attached = True
-        self._link = link
-        if self._reading_paused:
-            transport.pause_reading()
-        conn.transport_opened(self._loop.time())
-        self._pump()
-        for data in link.early:
-            if self._link is link:
-                self._on_data(link, data)
-        link.early.clear()
-        if link.closed.done() and self._link is link:
-            self._on_lost(link, link.lost)
+        peer = link.transport.get_extra_info("peername")
+        if peer is None:
+            return
+        self._route_src = _route_source(peer)
+        if self._watch is not None:
+            self._watch.cancel()
+        self._watch = self._loop.call_later(self._watch_interval, self._check_route, link, peer)
+
+    def _check_route(self, link: _Link, peer: Any) -> None:
+        self._watch = None
+        if self._link is not link or self._conn.finished or self._watch_interval is None:
+            return
+        src = _route_source(peer)
+        if src is not None and src != self._route_src and not self._migrating:
+            log.info("local address changed (%s -> %s): migrating", self._route_src, src)
+            self._route_src = src
+            self._loop.create_task(self.migrate())
+        self._watch = self._loop.call_later(self._watch_interval, self._check_route, link, peer)
 
     def _on_data(self, link: _Link, data: bytes) -> None:
         if link is not self._link:
@@ -733,6 +1066,21 @@ class Session:
         self._save(force=True)
 
 
+def _dial_error(task: asyncio.Task[_Link]) -> BaseException:
+    exc = task.exception()
+    assert exc is not None
+    return exc
+
+
+def _discard_link(task: asyncio.Task[_Link]) -> None:
+    """A dial that lost the race: close what it opened, swallow its error."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    link = task.result()
+    if link.transport is not None:
+        link.transport.abort()
+
+
 class SessionContext:
     """What :func:`connect` and :func:`resume` return.
 
@@ -782,6 +1130,14 @@ class SessionContext:
             await session.suspend()
 
 
+def _mode(text: str | None) -> TransportMode:
+    """A recorded transport policy (unknown or missing: tcp)."""
+    for mode in TRANSPORTS:
+        if text == mode:
+            return mode
+    return "tcp"
+
+
 def _trust(
     ca: str | os.PathLike[str] | None,
     known_hosts: KnownHosts | str | os.PathLike[str] | None,
@@ -813,6 +1169,11 @@ def connect(
     save_interval: float = 1.0,
     on_state: Callable[[StateInfo], None] | None = None,
     on_exit: Literal["suspend", "close"] = "suspend",
+    transport: TransportMode | None = None,
+    quic_port: int | None = None,
+    head_start: float = HEAD_START,
+    migrate_timeout: float = 3.0,
+    watch_address: float | None = 2.0,
 ) -> SessionContext:
     """Open a new session with ``agent`` of ``tenant`` on the daemon at ``host:port``.
 
@@ -825,6 +1186,16 @@ def connect(
     there under ``name`` (default: its id in hex) for :func:`resume`.
     ``on_state`` is called with each :class:`StateInfo`.
 
+    ``transport``: ``"tcp"`` (the default: TLS 1.3 on ``port``), ``"quic"``
+    (UDP ``quic_port``, default 7221) or ``"auto"`` (QUIC first; TLS/TCP too
+    if QUIC is not up within ``head_start`` seconds; the first up wins, the
+    other is closed). Every reconnect follows the same policy. Trust is the
+    same on both: one known_hosts entry (``host:port``) for the daemon's one
+    certificate. Over QUIC, a change of the local address seen every
+    ``watch_address`` seconds (None: never) migrates the connection (see
+    :meth:`Session.migrate`); a migration not confirmed within
+    ``migrate_timeout`` falls back to reconnect + RESUME.
+
     The first transport is not retried: if it fails, or the daemon refuses,
     entering the context raises (:class:`~clawterm.client.errors.ConnectFailed`,
     :class:`~clawterm.client.errors.AuthenticationFailed`,
@@ -833,6 +1204,8 @@ def connect(
     """
     raw_token = parse_token(token)
     trust = _trust(ca, known_hosts, fingerprint, tofu, on_pin)
+    mode: TransportMode = transport or "tcp"
+    qport = DEFAULT_QUIC_PORT if quic_port is None else quic_port
 
     def factory() -> Session:
         conn = ClientConnection(tenant_id=tenant, agent_id=agent, token=raw_token, config=config)
@@ -847,6 +1220,11 @@ def connect(
             name=name,
             save_interval=save_interval,
             on_state=on_state,
+            transport=mode,
+            quic_port=qport,
+            head_start=head_start,
+            migrate_timeout=migrate_timeout,
+            watch_address=watch_address,
         )
 
     return SessionContext(factory, on_exit)
@@ -868,6 +1246,11 @@ def resume(
     save_interval: float = 1.0,
     on_state: Callable[[StateInfo], None] | None = None,
     on_exit: Literal["suspend", "close"] = "suspend",
+    transport: TransportMode | None = None,
+    quic_port: int | None = None,
+    head_start: float = HEAD_START,
+    migrate_timeout: float = 3.0,
+    watch_address: float | None = 2.0,
 ) -> SessionContext:
     """Take up an existing session: from a saved record, a handoff link or its text.
 
@@ -881,6 +1264,10 @@ def resume(
     (:class:`~clawterm.client.errors.SessionGone`), taken over, or
     reconnecting gives up (``config.backoff.give_up_after``).
 
+    ``transport``/``quic_port``: as :func:`connect`; by default the ones the
+    record or link carries (``"tcp"`` and 7221 for records and links that
+    carry none).
+
     Nothing sent before a previous process died can be resent: a client
     keeps its resend buffer in memory only.
     """
@@ -893,13 +1280,17 @@ def resume(
         fingerprint = target.fingerprint
         ticket = ResumeTicket(target.session_id, target.resume_token, last_rx_seq or 0)
         record_ca = None
+        record_mode, record_qport = target.transport, target.quic_port
     else:
         host, port, tenant, agent = target.host, target.port, target.tenant, target.agent
         fingerprint = target.fingerprint
         ticket = target.ticket(last_rx_seq)
         record_ca = target.ca
+        record_mode, record_qport = target.transport, target.quic_port
         if name is None:
             name = target.name
+    mode: TransportMode = transport or _mode(record_mode)
+    qport = quic_port or record_qport or DEFAULT_QUIC_PORT
     trust = _trust(ca if ca is not None else record_ca, known_hosts, fingerprint, tofu, on_pin)
 
     def factory() -> Session:
@@ -915,6 +1306,11 @@ def resume(
             name=name,
             save_interval=save_interval,
             on_state=on_state,
+            transport=mode,
+            quic_port=qport,
+            head_start=head_start,
+            migrate_timeout=migrate_timeout,
+            watch_address=watch_address,
         )
 
     return SessionContext(factory, on_exit)

@@ -15,7 +15,16 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ..constants import DEFAULT_PORT
-from .aio import Session, SessionContext, StateInfo, connect, parse_token, resume
+from .aio import (
+    TRANSPORTS,
+    Session,
+    SessionContext,
+    StateInfo,
+    TransportMode,
+    connect,
+    parse_token,
+    resume,
+)
 from .errors import ClientError, SessionEnded
 from .escape import ESCAPE_HELP, EscapeAction, EscapeParser
 from .events import ClientState, CloseReason
@@ -90,6 +99,22 @@ def _add_connection_args(p: argparse.ArgumentParser) -> None:
         "--token-file", type=Path, help="file holding the token (env CLAWTERM_TOKEN_FILE)"
     )
     _add_trust_args(p)
+    _add_transport_args(p)
+
+
+def _add_transport_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--transport",
+        choices=TRANSPORTS,
+        help="quic, tcp (TLS) or auto: QUIC first, TLS/TCP if QUIC is not up within "
+        "0.25 s (env CLAWTERM_TRANSPORT; default: the saved session's or link's, else auto)",
+    )
+    p.add_argument(
+        "--quic-port",
+        type=int,
+        help="daemon QUIC (UDP) port (env CLAWTERM_QUIC_PORT; default: the saved "
+        "session's or link's, else 7221)",
+    )
 
 
 def _add_trust_args(p: argparse.ArgumentParser) -> None:
@@ -146,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     res.add_argument("name", nargs="?", metavar="NAME", help="saved session (prefix allowed)")
     _add_terminal_args(res)
+    _add_transport_args(res)
 
     sessions = sub.add_parser(
         "sessions",
@@ -211,6 +237,31 @@ def _token(args: argparse.Namespace) -> bytes:
         raise ClientError(f"{path} does not hold a token (64 hex characters)") from None
 
 
+def _transport(args: argparse.Namespace, recorded: str | None = None) -> TransportMode:
+    """--transport, $CLAWTERM_TRANSPORT, the record's or link's, then auto."""
+    text = args.transport or os.environ.get("CLAWTERM_TRANSPORT") or recorded or "auto"
+    for mode in TRANSPORTS:
+        if text.strip().lower() == mode:
+            return mode
+    raise ClientError(f"unknown transport {text!r}: use quic, tcp or auto")
+
+
+def _quic_port(args: argparse.Namespace, recorded: int | None = None) -> int | None:
+    """--quic-port, $CLAWTERM_QUIC_PORT, the record's or link's (None: 7221)."""
+    if args.quic_port is not None:
+        port: int = args.quic_port
+    elif os.environ.get("CLAWTERM_QUIC_PORT"):
+        try:
+            port = int(os.environ["CLAWTERM_QUIC_PORT"])
+        except ValueError:
+            raise ClientError("CLAWTERM_QUIC_PORT must be a port number") from None
+    else:
+        return recorded
+    if not 0 < port < 65536:
+        raise ClientError(f"QUIC port {port} is out of range")
+    return port
+
+
 def _escape_byte(text: str) -> int | None:
     if text == "none":
         return None
@@ -264,7 +315,7 @@ class _Interactive:
         elif info.state is ClientState.CONNECTED and self.down_since is not None:
             took = time.monotonic() - self.down_since
             self.down_since = None
-            text = f"link back after {took:.1f} s"
+            text = f"link back after {took:.1f} s over {info.transport or '?'}"
             if info.gap:
                 text += "; some output was lost (the daemon no longer had it)"
             if self.raw:
@@ -284,7 +335,7 @@ class _Interactive:
             name = session.name or f"{session.session_id:08x}"
             esc = chr(self.escape) if self.escape is not None else None
             hint = f"; {esc}. detaches" if esc else ""
-            where = f"agent {session.agent} on {session.host}:{session.port}"
+            where = f"agent {session.agent} on {session.host}:{_port_of(session)}"
             _say(f"{what} session {name} ({where}){hint}")
             stop: asyncio.Future[int] = loop.create_future()
             out_task = in_task = None
@@ -381,6 +432,13 @@ class _Interactive:
                     write_all(2, ESCAPE_HELP.format(e=esc).replace("\n", "\r\n").encode())
 
 
+def _port_of(session: Session) -> str:
+    """Where the session is connected: ``7220 over tcp``, ``7221/udp over quic``."""
+    if session.transport == "quic":
+        return f"{session.quic_port}/udp over quic"
+    return f"{session.port} over {session.transport or 'tcp'}"
+
+
 def _set_once(fut: asyncio.Future[int] | asyncio.Future[None], value: object) -> None:
     if not fut.done():
         fut.set_result(value)  # type: ignore[arg-type]
@@ -412,6 +470,8 @@ def _open(
             store=store,
             name=name,
             on_state=on_state,
+            transport=_transport(args, link.transport),
+            quic_port=_quic_port(args, link.quic_port),
         )
     return connect(
         args.target,
@@ -426,6 +486,8 @@ def _open(
         store=store,
         name=name,
         on_state=on_state,
+        transport=_transport(args),
+        quic_port=_quic_port(args),
     )
 
 
@@ -442,7 +504,14 @@ async def _resume(args: argparse.Namespace) -> int:
     store = SessionStore()
     record = store.get(args.name)
     _say(f"resuming session {record.name} on {record.host}:{record.port}")
-    ctx = resume(record, store=store, on_pin=_on_pin, on_state=ui.on_state)
+    ctx = resume(
+        record,
+        store=store,
+        on_pin=_on_pin,
+        on_state=ui.on_state,
+        transport=_transport(args, record.transport),
+        quic_port=_quic_port(args, record.quic_port),
+    )
     return await ui.run(ctx, "resumed")
 
 
@@ -468,6 +537,7 @@ async def _pipe(args: argparse.Namespace) -> int:
     ctx = _open(args)
     loop = asyncio.get_running_loop()
     async with ctx as session:
+        log.info("connected to %s:%s", session.host, _port_of(session))
         queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=2)
         threading.Thread(target=_stdin_reader, args=(loop, queue), daemon=True).start()
 

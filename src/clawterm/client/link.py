@@ -12,7 +12,10 @@ Format::
   session ends;
 * ``fp`` — SHA-256 of the daemon's certificate, 64 hex digits (optional):
   the receiving device refuses any other certificate and pins this one;
-* ``tenant``, ``agent`` — for display and for the saved-session record.
+* ``tenant``, ``agent`` — for display and for the saved-session record;
+* ``tr``, ``qp`` — optional: the transport policy (``tcp``, ``quic``,
+  ``auto``) and the daemon's QUIC port, when not the defaults. Links without
+  them (older clients) mean TLS/TCP and 7221; older clients ignore them.
 
 The token the session was opened with (CONNECT) is never in a link: a
 RESUME needs only the session id and the resume token. The receiving device
@@ -59,6 +62,10 @@ class HandoffLink:
     tenant: int = 0
     #: Agent id.
     agent: int = 1
+    #: Transport policy ("tcp", "quic", "auto"), or None (the receiver decides).
+    transport: str | None = None
+    #: Daemon QUIC port, or None (7221).
+    quic_port: int | None = None
 
     def to_url(self) -> str:
         """The link as text."""
@@ -68,6 +75,10 @@ class HandoffLink:
             query["fp"] = self.fingerprint
         query["tenant"] = self.tenant
         query["agent"] = self.agent
+        if self.transport:
+            query["tr"] = self.transport
+        if self.quic_port is not None and self.quic_port != 7221:
+            query["qp"] = self.quic_port
         return f"{SCHEME}://{host}:{self.port}/resume?{urlencode(query)}"
 
     @classmethod
@@ -101,8 +112,14 @@ class HandoffLink:
             fingerprint = normalize_fingerprint(fp) if fp else None
             tenant = int(query.get("tenant", "0"))
             agent = int(query.get("agent", "1"))
+            quic_port = int(query["qp"]) if "qp" in query else None
         except ValueError as exc:
             raise LinkError(f"bad link field: {exc}") from None
+        transport = query.get("tr") or None
+        if transport not in (None, "tcp", "quic", "auto"):
+            raise LinkError(f"unknown transport tr={transport!r} (tcp, quic or auto)")
+        if quic_port is not None and not 0 < quic_port < 65536:
+            raise LinkError("qp= is out of range")
         return cls(
             parts.hostname,
             port if port is not None else 7220,
@@ -111,4 +128,6 @@ class HandoffLink:
             fingerprint,
             tenant,
             agent,
+            transport,
+            quic_port,
         )

@@ -85,6 +85,10 @@ class SavedSession:
     created: float = 0.0
     #: Unix time the session was last seen alive or saved.
     last_seen: float = 0.0
+    #: Transport policy ("tcp", "quic", "auto"); None in records written before it existed.
+    transport: str | None = None
+    #: Daemon QUIC (UDP) port; None: the default 7221.
+    quic_port: int | None = None
 
     @property
     def resumable(self) -> bool:
@@ -106,6 +110,8 @@ class SavedSession:
             self.fingerprint,
             self.tenant,
             self.agent,
+            self.transport,
+            self.quic_port,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from ._flow import BoundedQuicConnection, stream_unacked
 from .server import ALPN, grow_socket_buffers
 
 __all__ = [
+    "QuicCertificateError",
     "QuicClientConnection",
     "QuicStreamReader",
     "QuicStreamWriter",
@@ -50,6 +51,14 @@ __all__ = [
 ]
 
 DEFAULT_WINDOW = 1 << 20
+
+#: TLS alerts (RFC 8446 §6.2) that mean "the certificate did not verify".
+_CERT_ALERTS = frozenset({42, 43, 44, 45, 46, 48})
+_CRYPTO_ERROR = 0x100
+
+
+class QuicCertificateError(ConnectionError):
+    """The daemon's certificate did not verify (chain, name or pinned fingerprint)."""
 
 
 class QuicStreamReader:
@@ -303,6 +312,11 @@ class QuicClientConnection:
         """SHA-256 of the daemon's certificate (DER), 64 lower-case hex digits."""
         return _peer_fingerprint(self._proto._quic)
 
+    @property
+    def peer_certificate_der(self) -> bytes:
+        """The daemon's certificate (DER), or ``b""`` if it sent none."""
+        return _peer_der(self._proto._quic)
+
     async def migrate(
         self, local_port: int = 0, local_host: str | None = None, within: float = 5.0
     ) -> Any:
@@ -357,14 +371,27 @@ def _bind(family: int, host: str, port: int) -> socket.socket:
     return sock
 
 
-def _peer_fingerprint(quic: QuicConnection) -> str:
+def _peer_der(quic: QuicConnection) -> bytes:
     from cryptography.hazmat.primitives.serialization import Encoding
 
     tls: Any = getattr(quic, "tls", None)
     cert: Any = getattr(tls, "_peer_certificate", None)
     if cert is None:
-        return ""
-    return hashlib.sha256(cert.public_bytes(Encoding.DER)).hexdigest()
+        return b""
+    return bytes(cert.public_bytes(Encoding.DER))
+
+
+def _peer_fingerprint(quic: QuicConnection) -> str:
+    der = _peer_der(quic)
+    return hashlib.sha256(der).hexdigest() if der else ""
+
+
+def _certificate_failure(quic: QuicConnection) -> str | None:
+    """Why the handshake failed if it was our certificate check, else None."""
+    event: Any = getattr(quic, "_close_event", None)
+    if event is None or event.error_code - _CRYPTO_ERROR not in _CERT_ALERTS:
+        return None
+    return str(event.reason_phrase or "certificate verification failed")
 
 
 async def open_quic_stream(
@@ -383,8 +410,10 @@ async def open_quic_stream(
 ) -> tuple[QuicStreamReader, QuicStreamWriter, QuicClientConnection]:
     """Connect to a daemon's QUIC port and open the ClawTerm stream.
 
-    Raises :class:`ConnectionError` if the handshake fails or the pinned
-    ``fingerprint`` does not match, :class:`TimeoutError` after ``connect_timeout``.
+    Raises :class:`QuicCertificateError` if the certificate does not verify
+    (``verify``) or the pinned ``fingerprint`` does not match,
+    :class:`ConnectionError` if the handshake fails otherwise,
+    :class:`TimeoutError` after ``connect_timeout``.
     """
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -414,9 +443,12 @@ async def open_quic_stream(
     try:
         proto.connect(server_addr)
         await asyncio.wait_for(proto.wait_connected(), connect_timeout)
-    except BaseException:
+    except BaseException as exc:
+        why = _certificate_failure(quic) if isinstance(exc, ConnectionError) else None
         proto.close()
         transport.close()
+        if why is not None:
+            raise QuicCertificateError(f"certificate not trusted: {why}") from exc
         raise
     if fingerprint:
         want = fingerprint.replace(":", "").strip().lower()
@@ -426,7 +458,7 @@ async def open_quic_stream(
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(proto.wait_closed(), 1.0)
             transport.close()
-            raise ConnectionError(f"certificate fingerprint mismatch: got {got}")
+            raise QuicCertificateError(f"certificate fingerprint mismatch: got {got}")
     proto.stream_id = quic.get_next_available_stream_id()
     reader = proto.reader
     writer = QuicStreamWriter(proto, window)
