@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,27 @@ def machine() -> dict[str, str]:
                 break
     except OSError:
         pass
+    commit = "unknown"
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "src"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.strip()
+        commit = head + (" with uncommitted changes under src/" if dirty else "")
+    except OSError:
+        pass
     return {
+        "commit": commit,
         "nproc": str(os.cpu_count()),
         "cpu": model,
         "python": f"{platform.python_implementation()} {platform.python_version()}",
@@ -433,7 +454,7 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
         codec,
         f"## Run\n\nCommand `{command}` ({res['mode']} mode, {res['seconds']:.0f} s), "
         f"{m['date']}. Machine: {m['nproc']} cores (`nproc`), {m['cpu']}, "
-        f"{m['python']}, Linux {m['kernel']}.\n\n"
+        f"{m['python']}, Linux {m['kernel']}; code at commit {m['commit']}.\n\n"
         "Method, for every system alike: loopback only, TLS 1.3 (clawtermd's own "
         "self-signed P-256 certificate, the default TLS 1.3 cipher suite); the "
         "system under test is pinned to core 0; the load generator "
