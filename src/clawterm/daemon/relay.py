@@ -51,9 +51,12 @@ __all__ = ["Leg", "RelayCounters", "Session"]
 
 log = logging.getLogger("clawterm.daemon")
 
-_DATA = FrameType.DATA
-_ACK = FrameType.ACK
-_PING = KeepaliveFlag.PING
+# Plain ints on the per-frame path: comparing with an IntEnum member costs more.
+_DATA = int(FrameType.DATA)
+_ACK = int(FrameType.ACK)
+_PING = int(KeepaliveFlag.PING)
+_SEQ_MASK = 0xFFFFFFFF
+_SEQ_HALF = 1 << 31
 
 
 class Leg(Protocol):
@@ -116,6 +119,8 @@ class Session:
         self.token_hash = token_hash
         #: Capabilities of the attached client (SPEC §5).
         self.capabilities = capabilities
+        #: The client sends ACK frames (capability 0x01); cached for the hot path.
+        self.acks_itself = bool(capabilities & Capability.ACK)
         self.sm = SessionStateMachine(state)
         self.ring = ReplayRing(ring_size, drop_oldest=drop_oldest)
         self.counters = counters
@@ -151,11 +156,6 @@ class Session:
     def closed(self) -> bool:
         return self.sm.state is SessionState.CLOSED
 
-    @property
-    def acks_itself(self) -> bool:
-        """True if the client sends ACK frames (capability 0x01)."""
-        return bool(self.capabilities & Capability.ACK)
-
     # -- client side -------------------------------------------------------
 
     def client_frame(self, frame: Frame) -> None:
@@ -169,22 +169,26 @@ class Session:
         ftype = frame.type
         agent = self.agent_leg
         if ftype == _DATA:
-            if not is_newer(frame.seq, self.c2a_last):
+            seq, last = frame.seq, self.c2a_last
+            # is_newer(seq, last), inlined (SPEC §4): duplicates are dropped.
+            if seq == 0 or (last and not 0 < ((seq - last) & _SEQ_MASK) < _SEQ_HALF):
                 self.counters.frames_dropped_duplicate += 1
                 return
-            self.c2a_last = frame.seq
-            self.counters.frames_c2a += 1
-            self.counters.bytes_c2a += len(frame.raw) - 15
+            self.c2a_last = seq
+            raw = frame.raw
+            counters = self.counters
+            counters.frames_c2a += 1
+            counters.bytes_c2a += len(raw) - 15
             if agent is not None:
-                agent.send(frame.raw)
+                agent.send(raw)
         elif ftype == _ACK:
             ack = Ack.decode(frame.payload)
             if ack.seq is None:
                 # Legacy empty ACK: the oldest unacknowledged frame (SPEC §4),
                 # passed on as an explicit u32.
-                seq = self.ring.ack_oldest()
-                if seq is not None and agent is not None:
-                    agent.send(encode_frame(_ACK, self.session_id, 0, Ack(seq).encode()))
+                oldest = self.ring.ack_oldest()
+                if oldest is not None and agent is not None:
+                    agent.send(encode_frame(_ACK, self.session_id, 0, Ack(oldest).encode()))
             else:
                 self.ring.ack(ack.seq)
                 if agent is not None:
@@ -234,6 +238,7 @@ class Session:
         self.sm.handle(SessionInput.RESUME if resuming else SessionInput.ACCEPTED)
         self.client = client
         self.capabilities = capabilities
+        self.acks_itself = bool(capabilities & Capability.ACK)
         self.detached_at = None
         self._client_paused = False
         if resuming:
@@ -315,19 +320,26 @@ class Session:
         ftype = frame.type
         client = self.client
         if ftype == _DATA:
-            if frame.session_id != self.session_id or not is_newer(frame.seq, self.a2c_last):
+            seq, last = frame.seq, self.a2c_last
+            if (
+                frame.session_id != self.session_id
+                or seq == 0
+                or (last and not 0 < ((seq - last) & _SEQ_MASK) < _SEQ_HALF)
+            ):
                 self.counters.frames_dropped_duplicate += 1
                 return
-            self.a2c_last = frame.seq
+            self.a2c_last = seq
             raw = bytes(frame.raw)
-            self.ring.append(frame.seq, raw)
-            self.counters.frames_a2c += 1
-            self.counters.bytes_a2c += len(raw) - 15
+            ring = self.ring
+            ring.append(seq, raw)
+            counters = self.counters
+            counters.frames_a2c += 1
+            counters.bytes_a2c += len(raw) - 15
             if client is not None:
                 client.send(raw)
                 if not self.acks_itself:
-                    self._legacy_ack = frame.seq
-            if self.ring.full and not self._agent_paused:
+                    self._legacy_ack = seq
+            if not self._agent_paused and ring.full:
                 self._set_agent_paused(True)
         elif ftype == _ACK:
             ack = Ack.decode(frame.payload)
