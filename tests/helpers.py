@@ -28,6 +28,15 @@ from clawterm.sequencing import ReceiveState, SendBuffer
 ROOT = Path(__file__).resolve().parents[1]
 
 
+async def until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) -> None:
+    """Poll ``predicate`` on the event loop until it holds; fail after ``timeout``."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))

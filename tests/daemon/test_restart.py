@@ -16,7 +16,7 @@ from clawterm.constants import ErrorCode, FrameType
 from clawterm.payloads import Disconnect
 from tests.daemon.test_handshake import run
 from tests.daemon.test_resume import reopen, session
-from tests.helpers import DaemonProcess, EchoAgent, WireClient, daemon
+from tests.helpers import DaemonProcess, EchoAgent, WireClient, daemon, until
 
 
 async def _pump(clients: list[WireClient], received: dict[int, bytearray], seconds: float) -> None:
@@ -143,10 +143,7 @@ def test_agent_died_while_daemon_down(tmp_path: Path) -> None:
             a1 = await EchoAgent(d.socket_dir, agent=1).start()
             a2 = await EchoAgent(d.socket_dir, agent=2).start()
             c1 = await session(d, a1)
-            for _ in range(100):
-                if d.metric("clawterm_agents_registered") >= 2:
-                    break
-                await asyncio.sleep(0.02)
+            await until(lambda: d.metric("clawterm_agents_registered") >= 2)
             c2 = await WireClient.open(d.port)
             await c2.connect(d.token, agent=2)
             c1.send_data(b"one")

@@ -14,14 +14,11 @@ import pytest
 from clawterm.constants import DataFlag, ErrorCode, FrameType, ResumedFlag
 from clawterm.payloads import Disconnect, Resume, Resumed, WinSize
 from tests.daemon.test_handshake import run
-from tests.helpers import DaemonProcess, EchoAgent, WireClient, daemon
+from tests.helpers import DaemonProcess, EchoAgent, WireClient, daemon, until
 
 
 async def session(d: DaemonProcess, agent: EchoAgent) -> WireClient:
-    for _ in range(200):
-        if agent.path.exists() and d.metric("clawterm_agents_registered") >= 1:
-            break
-        await asyncio.sleep(0.02)
+    await until(lambda: agent.path.exists() and d.metric("clawterm_agents_registered") >= 1)
     c = await WireClient.open(d.port)
     await c.connect(d.token)
     return c
@@ -49,11 +46,7 @@ def test_suspend_then_resume_replays_everything_flagged(d: DaemonProcess) -> Non
         sid = c.session_id
         c.send(FrameType.SUSPEND)
         await c.expect_closed()
-        for _ in range(100):
-            if (sid, "suspend") in agent.events:
-                break
-            await asyncio.sleep(0.02)
-        assert (sid, "suspend") in agent.events
+        await until(lambda: (sid, "suspend") in agent.events)
         blob = os.urandom(200 * 1024)
         agent.write(sid, blob)
         await asyncio.sleep(0.3)
@@ -184,10 +177,7 @@ def test_legacy_resume_with_flag(tmp_path: Path) -> None:
             agent = await EchoAgent(d.socket_dir).start()
             # A published client: no ACK capability, legacy resume.
             c = await WireClient.open(d.port)
-            for _ in range(200):
-                if d.metric("clawterm_agents_registered") >= 1:
-                    break
-                await asyncio.sleep(0.02)
+            await until(lambda: d.metric("clawterm_agents_registered") >= 1)
             await c.connect(d.token, capabilities=0)
             c.send_data(b"abc")
             assert await c.data(ack=False) == b"abc"
@@ -229,11 +219,7 @@ def test_detached_ttl_expiry(tmp_path: Path) -> None:
             c = await session(d, agent)
             c.send(FrameType.SUSPEND)
             await c.expect_closed()
-            for _ in range(200):
-                if (c.session_id, "disconnect") in agent.events:
-                    break
-                await asyncio.sleep(0.02)
-            assert (c.session_id, "disconnect") in agent.events
+            await until(lambda: (c.session_id, "disconnect") in agent.events)
             c2 = await WireClient.open(d.port)
             c2.send(
                 FrameType.RESUME, Resume(c.session_id, 0, c.resume_token).encode(), sid=c.session_id
@@ -292,11 +278,7 @@ def test_keepalive_timeout_suspends(tmp_path: Path) -> None:
             ping = await c.expect(FrameType.KEEPALIVE, timeout=3)
             assert ping.flags == 1
             c.writer.transport.pause_reading()
-            for _ in range(200):
-                if (c.session_id, "suspend") in agent.events:
-                    break
-                await asyncio.sleep(0.02)
-            assert (c.session_id, "suspend") in agent.events
+            await until(lambda: (c.session_id, "suspend") in agent.events)
             await agent.stop()
 
         run(main())
