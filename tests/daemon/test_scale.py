@@ -10,7 +10,7 @@ from pathlib import Path
 from clawterm.constants import FrameType
 from tests.daemon.test_handshake import run
 from tests.daemon.test_resume import session
-from tests.helpers import EchoAgent, WireClient, daemon
+from tests.helpers import EchoAgent, WireClient, daemon, until
 
 
 def test_1000_concurrent_sessions_echo_every_byte(tmp_path: Path) -> None:
@@ -88,6 +88,37 @@ def test_keepalive_answered_only_for_ping(tmp_path: Path) -> None:
             c.send(FrameType.KEEPALIVE, flags=0x02)
             c.send_data(b"end")
             assert await c.data() == b"end"
+            await agent.stop()
+
+        run(main())
+
+
+def test_agent_that_stops_reading_pauses_the_client_not_the_daemon(tmp_path: Path) -> None:
+    """--max-buffer: what waits for a slow agent stays with the client (issue 3)."""
+    with daemon(tmp_path, "--max-buffer", "131072") as d:
+
+        async def main() -> None:
+            agent = await EchoAgent(d.socket_dir).start()
+            upstream = bytearray()
+
+            def record(payload: bytes) -> bytes:
+                upstream.extend(payload)
+                return b""
+
+            agent.transform = record
+            c = await session(d, agent)
+            agent.connections[-1].transport.pause_reading()  # the agent stops reading
+            baseline = d.rss()
+            blob = os.urandom(32 << 20)
+            for i in range(0, len(blob), 60000):
+                c.send_data(blob[i : i + 60000])
+            await asyncio.sleep(1.5)
+            assert d.rss() - baseline < 24 * 1024 * 1024
+            # The client holds the rest: the daemon stopped reading it.
+            assert c.writer.transport.get_write_buffer_size() > 16 * 1024 * 1024
+            agent.connections[-1].transport.resume_reading()
+            await until(lambda: len(upstream) >= len(blob), timeout=60)
+            assert hashlib.sha256(upstream).digest() == hashlib.sha256(blob).digest()
             await agent.stop()
 
         run(main())
