@@ -40,8 +40,19 @@ from bench.common import (
     wait_port,
 )
 
-SYSTEMS = ["clawtermd", "passthrough", "websockets", "picows"]
-PROTO = {"clawtermd": "ct", "passthrough": "ct", "websockets": "ws", "picows": "ws"}
+#: haproxy in TCP mode (an epoll relay in C with no protocol) is measured
+#: when installed (``./dev bench`` installs it with apt).
+HAPROXY = shutil.which("haproxy")
+SYSTEMS = ["clawtermd", "passthrough", "websockets", "picows"] + (["haproxy"] if HAPROXY else [])
+PROTO = {
+    "clawtermd": "ct",
+    "passthrough": "ct",
+    "websockets": "ws",
+    "picows": "ws",
+    "haproxy": "ct",
+}
+#: Peers that relay raw bytes, so the load generator speaks the agent leg through them.
+RAW_RELAYS = ("passthrough", "haproxy")
 
 
 @dataclass
@@ -145,6 +156,10 @@ def start_env(tmp: Path) -> Env:
     sock = str(daemon.socket_dir / "0" / "1.sock")
     for kind in SYSTEMS[1:]:
         port = free_port()
+        if kind == "haproxy":
+            env.relays[kind] = start_haproxy(tmp, port, daemon.cert, daemon.key, sock, server)
+            env.ports[kind] = port
+            continue
         proc = spawn(
             [
                 sys.executable,
@@ -168,6 +183,32 @@ def start_env(tmp: Path) -> Env:
     for kind, proc in env.relays.items():
         wait_port(env.ports[kind], proc)
     return env
+
+
+def start_haproxy(
+    tmp: Path, port: int, cert: Path, key: Path, sock: str, cpus: set[int]
+) -> subprocess.Popen[bytes]:
+    """haproxy, TCP mode: terminate TLS 1.3 and splice bytes to the agent's socket."""
+    assert HAPROXY is not None
+    pem = tmp / "haproxy.pem"
+    pem.write_bytes(cert.read_bytes() + key.read_bytes())
+    cfg = tmp / "haproxy.cfg"
+    cfg.write_text(
+        "global\n"
+        "    maxconn 9000\n"
+        "    nbthread 1\n"
+        "defaults\n"
+        "    mode tcp\n"
+        "    timeout connect 5s\n"
+        "    timeout client 300s\n"
+        "    timeout server 300s\n"
+        "frontend clawterm\n"
+        f"    bind 127.0.0.1:{port} ssl crt {pem} alpn clawterm/1 ssl-min-ver TLSv1.3\n"
+        "    default_backend agent\n"
+        "backend agent\n"
+        f"    server agent unix@{sock}\n"
+    )
+    return spawn([HAPROXY, "-db", "-f", str(cfg)], cpus, tmp / "haproxy.log")
 
 
 def stop_env(env: Env) -> None:
@@ -200,7 +241,7 @@ def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -
         "host": "127.0.0.1",
         "port": env.ports[system],
         "proto": PROTO[system],
-        "agent_leg": system == "passthrough",
+        "agent_leg": system in RAW_RELAYS,
         **spec,
     }
     spec.setdefault("token", env.daemon.token)
