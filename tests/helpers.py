@@ -363,6 +363,9 @@ class EchoAgent:
         self.connections: list[asyncio.StreamWriter] = []
         self.events: list[tuple[int, str]] = []
         self.transform: Any = None
+        #: Cleared: the agent stops calling read() (its socket then fills up).
+        self.reading = asyncio.Event()
+        self.reading.set()
 
     async def start(self) -> EchoAgent:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +394,7 @@ class EchoAgent:
         decoder = FrameDecoder()
         state: dict[str, Any] | None = None
         try:
-            while data := await reader.read(1 << 16):
+            while (await self.reading.wait()) and (data := await reader.read(1 << 16)):
                 for frame in decoder.feed(data):
                     state = self._frame(frame, state, writer)
                 await writer.drain()
