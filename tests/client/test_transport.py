@@ -319,3 +319,42 @@ def test_pipe_over_quic(d: DaemonProcess, config_dir: Path) -> None:
     finally:
         agent.terminate()
         agent.wait(5)
+
+
+def test_links_and_records_carry_the_transport_and_old_ones_still_work() -> None:
+    token = bytes(range(16))
+    old = HandoffLink.parse(f"clawterm://h:7220/resume?sid=5&tok={token.hex()}&tenant=0&agent=1")
+    assert (old.transport, old.quic_port) == (None, None)
+    new = HandoffLink("h", 7220, 5, token, transport="quic", quic_port=9000)
+    url = new.to_url()
+    assert "tr=quic" in url and "qp=9000" in url
+    assert HandoffLink.parse(url) == new
+    default_port = HandoffLink("h", 7220, 5, token, transport="auto", quic_port=7221).to_url()
+    assert "qp=" not in default_port
+    with pytest.raises(cc.LinkError):
+        HandoffLink.parse(url.replace("tr=quic", "tr=carrier-pigeon"))
+    record = cc.SavedSession.from_json(
+        {"name": "x", "host": "h", "port": 7220, "tenant": 0, "agent": 1, "session_id": 5}
+        | {"resume_token": token.hex()}
+    )
+    assert (record.transport, record.quic_port) == (None, None)  # written before transports
+    assert cc.SavedSession.from_json(
+        {**record.to_json(), "transport": "auto", "quic_port": 9000}
+    ).link() == HandoffLink("h", 7220, 5, token, None, 0, 1, "auto", 9000)
+
+
+def test_cli_transport_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from clawterm.client import cli
+
+    args = cli.build_parser().parse_args(["pipe", "h"])
+    monkeypatch.delenv("CLAWTERM_TRANSPORT", raising=False)
+    monkeypatch.delenv("CLAWTERM_QUIC_PORT", raising=False)
+    assert cli._transport(args) == "auto" and cli._quic_port(args) is None
+    assert cli._transport(args, "tcp") == "tcp" and cli._quic_port(args, 9000) == 9000
+    monkeypatch.setenv("CLAWTERM_TRANSPORT", "quic")
+    monkeypatch.setenv("CLAWTERM_QUIC_PORT", "7331")
+    assert cli._transport(args, "tcp") == "quic" and cli._quic_port(args, 9000) == 7331
+    args = cli.build_parser().parse_args(["resume", "--transport", "tcp", "--quic-port", "1"])
+    assert cli._transport(args, "quic") == "tcp" and cli._quic_port(args) == 1
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(["attach", "--transport", "udp"])

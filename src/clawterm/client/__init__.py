@@ -8,7 +8,17 @@ See ``docs/client.md``.
 
 from __future__ import annotations
 
-from .aio import Session, SessionContext, StateInfo, connect, parse_token, resume
+from .aio import (
+    HEAD_START,
+    TRANSPORTS,
+    Session,
+    SessionContext,
+    StateInfo,
+    TransportMode,
+    connect,
+    parse_token,
+    resume,
+)
 from .backoff import Backoff
 from .errors import (
     AuthenticationFailed,
@@ -32,6 +42,8 @@ from .saved import SavedSession, SessionStore
 from .trust import KnownHosts, Trust
 
 __all__ = [
+    "HEAD_START",
+    "TRANSPORTS",
     "AuthenticationFailed",
     "Backoff",
     "CertificateChanged",
@@ -56,6 +68,7 @@ __all__ = [
     "SessionStore",
     "SessionTakenOver",
     "StateInfo",
+    "TransportMode",
     "Trust",
     "TrustError",
     "UnknownHost",

@@ -445,6 +445,11 @@ async def open_quic_stream(
         await asyncio.wait_for(proto.wait_connected(), connect_timeout)
     except BaseException as exc:
         why = _certificate_failure(quic) if isinstance(exc, ConnectionError) else None
+        # Cancelled or timed out: aioquic's shielded waiter would later fail unobserved.
+        waiter: Any = getattr(proto, "_connected_waiter", None)
+        if waiter is not None and not waiter.done():
+            proto._connected_waiter = None
+            waiter.cancel()
         proto.close()
         transport.close()
         if why is not None:
