@@ -342,20 +342,35 @@ class QuicClientConnection:
         if old_transport is not None:
             old_transport.close()
         proto.change_connection_id()
-        await asyncio.wait_for(proto.ping(), within)
+        try:
+            await asyncio.wait_for(proto.ping(), within)
+        except BaseException:
+            _observe_pings(proto)
+            raise
         return transport.get_extra_info("sockname")
 
     def request_key_update(self) -> None:
         self._proto.request_key_update()
 
     async def ping(self, within: float = 5.0) -> None:
-        await asyncio.wait_for(self._proto.ping(), within)
+        try:
+            await asyncio.wait_for(self._proto.ping(), within)
+        except BaseException:
+            _observe_pings(self._proto)
+            raise
 
     def close(self) -> None:
         self._proto.close()
 
     async def wait_closed(self) -> None:
         await self._proto.wait_closed()
+
+
+def _observe_pings(proto: QuicConnectionProtocol) -> None:
+    """A PING given up on: aioquic fails its shielded waiter later; mark that seen."""
+    waiters: Any = getattr(proto, "_ping_waiters", {})
+    for waiter in waiters.values():
+        waiter.add_done_callback(lambda f: f.cancelled() or f.exception())
 
 
 def _bind(family: int, host: str, port: int) -> socket.socket:
