@@ -150,8 +150,19 @@ def start_env(tmp: Path) -> Env:
         os.sched_setaffinity(0, lg)
     daemon = Daemon(tmp / "clawtermd", server).start()
     agent = spawn(agent_argv(daemon.socket_dir), lg, tmp / "agent.log")
-    daemon.wait_agent()
     env = Env(tmp, server, lg, daemon, agent)
+    try:
+        _start_peers(env, server)
+    except BaseException:
+        # Nothing started here may outlive a failed start.
+        stop_env(env)
+        raise
+    return env
+
+
+def _start_peers(env: Env, server: set[int]) -> None:
+    tmp, daemon = env.tmp, env.daemon
+    daemon.wait_agent()
     env.ports["clawtermd"] = daemon.port
     sock = str(daemon.socket_dir / "0" / "1.sock")
     for kind in SYSTEMS[1:]:
@@ -182,7 +193,6 @@ def start_env(tmp: Path) -> Env:
         env.ports[kind] = port
     for kind, proc in env.relays.items():
         wait_port(env.ports[kind], proc)
-    return env
 
 
 def start_haproxy(
