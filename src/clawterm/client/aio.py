@@ -1081,6 +1081,16 @@ def _discard_link(task: asyncio.Task[_Link]) -> None:
         link.transport.abort()
 
 
+def _session_context(
+    make_conn: Callable[[], ClientConnection],
+    on_exit: Literal["suspend", "close"],
+    **session_options: Any,
+) -> SessionContext:
+    """What :func:`connect` and :func:`resume` share: a fresh sans-I/O core per
+    entry, wrapped in a :class:`Session` with the caller's options."""
+    return SessionContext(lambda: Session(make_conn(), **session_options), on_exit)
+
+
 class SessionContext:
     """What :func:`connect` and :func:`resume` return.
 
@@ -1207,27 +1217,24 @@ def connect(
     mode: TransportMode = transport or "tcp"
     qport = DEFAULT_QUIC_PORT if quic_port is None else quic_port
 
-    def factory() -> Session:
-        conn = ClientConnection(tenant_id=tenant, agent_id=agent, token=raw_token, config=config)
-        return Session(
-            conn,
-            host=host,
-            port=port,
-            trust=trust,
-            connect_timeout=connect_timeout,
-            max_receive_queue=max_receive_queue,
-            store=store,
-            name=name,
-            save_interval=save_interval,
-            on_state=on_state,
-            transport=mode,
-            quic_port=qport,
-            head_start=head_start,
-            migrate_timeout=migrate_timeout,
-            watch_address=watch_address,
-        )
-
-    return SessionContext(factory, on_exit)
+    return _session_context(
+        lambda: ClientConnection(tenant_id=tenant, agent_id=agent, token=raw_token, config=config),
+        on_exit,
+        host=host,
+        port=port,
+        trust=trust,
+        connect_timeout=connect_timeout,
+        max_receive_queue=max_receive_queue,
+        store=store,
+        name=name,
+        save_interval=save_interval,
+        on_state=on_state,
+        transport=mode,
+        quic_port=qport,
+        head_start=head_start,
+        migrate_timeout=migrate_timeout,
+        watch_address=watch_address,
+    )
 
 
 def resume(
@@ -1293,24 +1300,21 @@ def resume(
     qport = quic_port or record_qport or DEFAULT_QUIC_PORT
     trust = _trust(ca if ca is not None else record_ca, known_hosts, fingerprint, tofu, on_pin)
 
-    def factory() -> Session:
-        conn = ClientConnection(tenant_id=tenant, agent_id=agent, resume=ticket, config=config)
-        return Session(
-            conn,
-            host=host,
-            port=port,
-            trust=trust,
-            connect_timeout=connect_timeout,
-            max_receive_queue=max_receive_queue,
-            store=store,
-            name=name,
-            save_interval=save_interval,
-            on_state=on_state,
-            transport=mode,
-            quic_port=qport,
-            head_start=head_start,
-            migrate_timeout=migrate_timeout,
-            watch_address=watch_address,
-        )
-
-    return SessionContext(factory, on_exit)
+    return _session_context(
+        lambda: ClientConnection(tenant_id=tenant, agent_id=agent, resume=ticket, config=config),
+        on_exit,
+        host=host,
+        port=port,
+        trust=trust,
+        connect_timeout=connect_timeout,
+        max_receive_queue=max_receive_queue,
+        store=store,
+        name=name,
+        save_interval=save_interval,
+        on_state=on_state,
+        transport=mode,
+        quic_port=qport,
+        head_start=head_start,
+        migrate_timeout=migrate_timeout,
+        watch_address=watch_address,
+    )
