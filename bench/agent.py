@@ -10,6 +10,18 @@ frame and does not check CRCs (the daemon already did); it keeps no resend
 buffer, which only matters across a daemon restart, never measured here.
 Every system under test — clawtermd and each peer relay — talks to this
 same agent.
+
+Token streams (the AI-agent load): a DATA payload that starts with
+:data:`STREAM` is a request, not echoed: ``STREAM`` + ``>dIH`` (rate in
+frames/s, count, payload size). The agent then sends that session ``count``
+DATA frames at ``rate``, the first one period after the request arrived, as
+a model streaming tokens would. Every token payload starts with
+``>QQI``: the ``time.monotonic_ns()`` at which it was written, the time it
+was due, and the session's token number (0, 1, 2, … over the connection's
+life), padded to the requested size; the load generator derives delivery
+latency and agent lateness from them (one clock: both run on this host).
+Scheduling is one timer wheel of 1 ms slots driven by a 1 ms ticker, so the
+agent's cost per token is a ``struct`` pack, a CRC and a ``write``.
 """
 
 from __future__ import annotations
@@ -20,6 +32,7 @@ import contextlib
 import os
 import signal
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,14 +46,76 @@ _pack = _HEAD.pack
 _DATA = FrameType.DATA
 _ACK = FrameType.ACK
 
+#: A DATA payload starting with this asks for a token stream (module docstring).
+STREAM = b"\xffSTREAM!"
+STREAM_ARGS = struct.Struct(">dIH")
+#: The head of every token payload: sent at (ns), due at (ns), token number.
+TOKEN = struct.Struct(">QQI")
+#: Slots of the timer wheel, 1 ms each: periods up to this many ms.
+WHEEL = 1024
+
 
 def encode(ftype: int, sid: int, seq: int, payload: bytes | memoryview = b"") -> bytes:
     body = _pack(0x7E, sid, seq, ftype, 0, len(payload)) + payload
     return body + crc16(body).to_bytes(2, "big")
 
 
+class Streamer:
+    """Token streams of every session, on one timer wheel of 1 ms slots."""
+
+    def __init__(self) -> None:
+        # Each entry: [protocol, due_ms, period_ms, remaining, pad].
+        self.slots: list[list[list[Any]]] = [[] for _ in range(WHEEL)]
+        self.last_ms = time.monotonic_ns() // 1_000_000
+        self.active = 0
+        self.task: asyncio.Task[None] | None = None
+
+    def add(self, proto: EchoProtocol, rate: float, count: int, size: int) -> None:
+        if count <= 0 or rate <= 0:
+            return
+        period = max(1, min(WHEEL - 1, round(1000 / rate)))
+        due = time.monotonic_ns() // 1_000_000 + period
+        pad = bytes(max(0, size - TOKEN.size))
+        self.slots[due % WHEEL].append([proto, due, period, count, pad])
+        self.active += 1
+        if self.task is None:
+            self.last_ms = time.monotonic_ns() // 1_000_000
+            self.task = asyncio.get_running_loop().create_task(self.run())
+
+    async def run(self) -> None:
+        slots = self.slots
+        while self.active:
+            await asyncio.sleep(0.001)
+            now_ms = time.monotonic_ns() // 1_000_000
+            for ms in range(self.last_ms + 1, now_ms + 1):
+                slot = slots[ms % WHEEL]
+                if not slot:
+                    continue
+                slots[ms % WHEEL] = []
+                for entry in slot:
+                    proto, due, period, remaining, pad = entry
+                    if due != ms:  # a later lap of the wheel
+                        slots[ms % WHEEL].append(entry)
+                        continue
+                    if proto.transport is None:
+                        self.active -= 1
+                        continue
+                    proto.token(due * 1_000_000, pad)
+                    if remaining > 1:
+                        entry[1] = due + period
+                        entry[3] = remaining - 1
+                        slots[(due + period) % WHEEL].append(entry)
+                    else:
+                        self.active -= 1
+            self.last_ms = now_ms
+        self.task = None
+
+
+STREAMER: list[Streamer] = []
+
+
 class EchoProtocol(asyncio.Protocol):
-    __slots__ = ("buf", "rx", "sid", "transport", "tx")
+    __slots__ = ("buf", "rx", "sid", "tokens", "transport", "tx")
 
     def __init__(self) -> None:
         self.transport: Any = None
@@ -48,6 +123,15 @@ class EchoProtocol(asyncio.Protocol):
         self.sid = 0
         self.tx = 0
         self.rx = 0
+        self.tokens = 0
+
+    def token(self, due_ns: int, pad: bytes) -> None:
+        """Write the next token of this session's stream."""
+        payload = TOKEN.pack(time.monotonic_ns(), due_ns, self.tokens) + pad
+        self.tokens += 1
+        self.tx += 1
+        body = _pack(0x7E, self.sid, self.tx, _DATA, 0, len(payload)) + payload
+        self.transport.write(body + crc16(body).to_bytes(2, "big"))
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -70,6 +154,13 @@ class EchoProtocol(asyncio.Protocol):
             if ftype == _DATA:
                 got_data = True
                 rx = seq
+                if buf[pos + 13 : pos + 13 + len(STREAM)] == STREAM:
+                    rate, count, size = STREAM_ARGS.unpack_from(buf, pos + 13 + len(STREAM))
+                    if not STREAMER:
+                        STREAMER.append(Streamer())
+                    STREAMER[0].add(self, rate, count, size)
+                    pos = stop
+                    continue
                 tx += 1
                 body = _pack(0x7E, sid, tx, _DATA, 0, length) + mv[pos + 13 : stop - 2]
                 out.append(body + crc16(body).to_bytes(2, "big"))

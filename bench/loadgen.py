@@ -14,11 +14,15 @@ Every system is driven by this same program. Sessions are
   message per payload (mask key 0, so the client does no XOR work; the
   server still unmasks), echoes parsed from unmasked server frames.
 
-Two ways to load: ``window`` (closed loop: each session keeps ``window``
-frames in flight and sends one new frame per echo) or ``rate`` (open loop:
+Three ways to load: ``window`` (closed loop: each session keeps ``window``
+frames in flight and sends one new frame per echo), ``rate`` (open loop:
 ``rate`` frames/s in total, spread round-robin across sessions by a 2 ms
-ticker). Every frame's send time is kept so each echo gives a round-trip
-time. Progress is printed as JSON lines: ``start``/``stop`` around the
+ticker; every frame's send time is kept so each echo gives a round-trip
+time) and ``tokens`` (the AI-agent load: each session asks the agent for a
+stream of ``size``-byte DATA frames at ``rate_per_session``, see
+:mod:`bench.agent`; delivery latency is the agent's write to our read,
+ACKs are paced as SPEC §4 asks of a client: within 100 ms of a DATA frame,
+at least every 32 frames). Progress is printed as JSON lines: ``start``/``stop`` around the
 measurement window (the orchestrator reads the server's CPU time there),
 ``ramped`` after all sessions are connected, then ``result``.
 """
@@ -37,8 +41,9 @@ import time
 from collections import deque
 from typing import Any
 
+from bench.agent import STREAM, STREAM_ARGS, TOKEN
 from bench.common import client_ssl
-from clawterm.constants import FrameType
+from clawterm.constants import ACK_EVERY_FRAMES, ACK_MAX_DELAY, FrameType
 from clawterm.crc import crc16
 from clawterm.payloads import Connect, Resume
 
@@ -81,6 +86,10 @@ class Stats:
         self.running = True
         self.errors: list[str] = []
         self.bad = 0
+        # Token streams: delivery latency and agent lateness (ns), paced ACKs.
+        self.lat: list[int] = []
+        self.lag: list[int] = []
+        self.ack_queue: deque[tuple[float, CtSession]] = deque()
 
 
 class Base(asyncio.Protocol):
@@ -97,9 +106,25 @@ class Base(asyncio.Protocol):
         self.ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.closed = False
         self.loop = asyncio.get_running_loop()
+        self.tokens = False
+        self.next_token = 0
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
+
+    def token_in(self, buf: bytes, offset: int, now_ns: int) -> None:
+        """One token of a stream: record its latency and check its number."""
+        sent, due, number = TOKEN.unpack_from(buf, offset)
+        st = self.st
+        st.lat.append(now_ns - sent)
+        st.lag.append(sent - due)
+        if number != self.next_token:
+            st.bad += 1
+        self.next_token = number + 1
+
+    def request_stream(self, rate: float, count: int, size: int) -> None:
+        """Ask the agent for ``count`` tokens of ``size`` bytes at ``rate`` per second."""
+        raise NotImplementedError
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -163,6 +188,21 @@ class CtSession(Base):
         self.resume_token = b""
         self.ack_due = b""
         self.echo_count = 0
+        self.unacked = 0
+        self.ack_since = 0.0
+
+    def request_stream(self, rate: float, count: int, size: int) -> None:
+        self.seq += 1
+        body = STREAM + STREAM_ARGS.pack(rate, count, size)
+        self.transport.write(ct_frame(_DATA, self.sid, self.seq, body))
+
+    def send_ack(self) -> None:
+        self.unacked = 0
+        self.ack_since = 0.0
+        if not self.closed:
+            self.transport.write(
+                ct_frame(FrameType.ACK, self.sid, self.seq, self.rx_seq.to_bytes(4, "big"))
+            )
 
     def connection_made(self, transport: Any) -> None:
         super().connection_made(transport)
@@ -199,6 +239,8 @@ class CtSession(Base):
         n = 0
         nbytes = 0
         last = 0
+        tokens = self.tokens
+        now_ns = time.monotonic_ns() if tokens else 0
         while end - pos >= 15:
             _, sid, seq, ftype, flags, length = _unpack(buf, pos)
             stop = pos + 15 + length
@@ -208,7 +250,11 @@ class CtSession(Base):
                 n += 1
                 nbytes += length
                 last = seq
-                if self.verify:
+                if tokens:
+                    self.token_in(buf, pos + 13, now_ns)
+                    if self.verify and crc16(buf[pos:stop]):
+                        self.st.bad += 1
+                elif self.verify:
                     self.check(buf[pos:stop], length)
             elif ftype == FrameType.ACCEPT:
                 self.sid = sid
@@ -221,7 +267,17 @@ class CtSession(Base):
                 self.fail(f"{FrameType(ftype).name} {bytes(buf[pos + 13 : stop - 2])!r}")
             pos = stop
         self.buf = buf[pos:] if pos < end else b""
-        if n:
+        if n and tokens:
+            self.rx_seq = last
+            self.st.rx_frames += n
+            self.st.rx_bytes += nbytes
+            self.unacked += n
+            if self.unacked >= ACK_EVERY_FRAMES:
+                self.send_ack()
+            elif not self.ack_since:
+                self.ack_since = self.loop.time()
+                self.st.ack_queue.append((self.ack_since, self))
+        elif n:
             self.rx_seq = last
             ack = ct_frame(FrameType.ACK, self.sid, self.seq, last.to_bytes(4, "big"))
             if self.window:
@@ -263,8 +319,13 @@ class WsSession(Base):
     def make(self, n: int) -> bytes:
         return self.msg * n
 
+    def request_stream(self, rate: float, count: int, size: int) -> None:
+        self.transport.write(ws_frame(STREAM + STREAM_ARGS.pack(rate, count, size)))
+
     def data_received(self, data: bytes) -> None:
         buf = self.buf + data if self.buf else data
+        tokens = self.tokens
+        now_ns = time.monotonic_ns() if tokens else 0
         pos = 0
         if not self.upgraded:
             head = buf.find(b"\r\n\r\n")
@@ -302,7 +363,9 @@ class WsSession(Base):
             if op == 0x2:
                 n += 1
                 nbytes += ln
-                if self.verify and buf[pos + hl : stop] != self.payload:
+                if tokens:
+                    self.token_in(buf, pos + hl, now_ns)
+                elif self.verify and buf[pos + hl : stop] != self.payload:
                     self.st.bad += 1
             elif op == 0x9:
                 self.transport.write(ws_frame(bytes(buf[pos + hl : stop]), 0xA))
@@ -310,7 +373,10 @@ class WsSession(Base):
                 self.fail("websocket close")
             pos = stop
         self.buf = buf[pos:] if pos < end else b""
-        if n:
+        if n and tokens:
+            self.st.rx_frames += n
+            self.st.rx_bytes += nbytes
+        elif n:
             self.echoed(n, nbytes, b"")
 
 
@@ -327,8 +393,9 @@ async def open_sessions(
     sem = asyncio.Semaphore(spec.get("concurrency", 32))
 
     def factory() -> Base:
+        session: Base
         if spec["proto"] == "ct":
-            return CtSession(
+            session = CtSession(
                 st,
                 payload,
                 spec.get("window", 0),
@@ -336,7 +403,10 @@ async def open_sessions(
                 token,
                 spec.get("agent_leg", False),
             )
-        return WsSession(st, payload, spec.get("window", 0), spec.get("verify", False), host)
+        else:
+            session = WsSession(st, payload, spec.get("window", 0), spec.get("verify", False), host)
+        session.tokens = bool(spec.get("tokens"))
+        return session
 
     async def one() -> None:
         nonlocal failures
@@ -367,16 +437,17 @@ def cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
+def percentiles(values: list[float] | list[int], unit: float = 1e3) -> dict[str, float]:
+    """p50, p99, p99.9 and max of ``values`` × ``unit`` (default: seconds → ms)."""
     if not values:
         return {}
     values.sort()
     n = len(values)
 
     def p(q: float) -> float:
-        return values[min(n - 1, int(q * n))] * 1e3
+        return values[min(n - 1, int(q * n))] * unit
 
-    return {"p50": p(0.5), "p99": p(0.99), "p999": p(0.999), "max": values[-1] * 1e3}
+    return {"p50": p(0.5), "p99": p(0.99), "p999": p(0.999), "max": values[-1] * unit}
 
 
 async def drive_rate(sessions: list[Base], rate: float, seconds: float) -> None:
@@ -432,6 +503,9 @@ async def run(spec: dict[str, Any]) -> None:
         emit("result", sessions=len(sessions), failures=failures, errors=st.errors[:5])
         return
     warmup, duration = spec.get("warmup", 1.0), spec["duration"]
+    if spec.get("tokens"):
+        await token_steps(spec, st, sessions, failures)
+        return
     if spec.get("window"):
         for s in sessions:
             s.start_window()
@@ -523,6 +597,105 @@ async def rate_steps(spec: dict[str, Any], st: Stats, sessions: list[Base], fail
     st.running = False
     await drain(st, 10.0)
     emit("final", lost=max(0, st.tx_frames - st.rx_frames), bad=st.bad, errors=st.errors[:5])
+    for s in sessions:
+        s.transport.close()
+    await asyncio.sleep(0.1)
+
+
+async def pace_acks(st: Stats) -> None:
+    """Send each session's ACK at the latest 100 ms after its first unacknowledged DATA."""
+    loop = asyncio.get_running_loop()
+    tick = 0.005
+    queue = st.ack_queue
+    while True:
+        await asyncio.sleep(tick)
+        # Due a tick early, so the ACK leaves within ACK_MAX_DELAY.
+        limit = loop.time() - ACK_MAX_DELAY + tick
+        while queue and queue[0][0] <= limit:
+            since, session = queue.popleft()
+            if session.ack_since == since:
+                session.send_ack()
+
+
+async def token_steps(spec: dict[str, Any], st: Stats, sessions: list[Base], failures: int) -> None:
+    """The AI-agent load: token streams on the first n sessions, for each n of ``steps``.
+
+    Each step asks every one of its n sessions for ``rate_per_session`` ×
+    ``duration`` tokens of ``size`` bytes; the requests are spread over one
+    period so the streams' phases are spread evenly. The measurement window
+    (``start``/``stop``) opens after the last request and lasts ``duration``
+    (every token of the step is written inside it); then the tokens still on
+    their way get 5 s (``late`` counts those that did not arrive by then).
+    After the last step, 10 s more for ``lost``: tokens that never arrived.
+    """
+    loop = asyncio.get_running_loop()
+    steps = [n for n in spec.get("steps", []) if n <= len(sessions)] or [len(sessions)]
+    rate = float(spec["rate_per_session"])
+    size = int(spec.get("size", 40))
+    period = 1.0 / rate
+    duration = float(spec["duration"])
+    count = max(1, round(rate * duration))
+    pacer = loop.create_task(pace_acks(st)) if spec["proto"] == "ct" else None
+    expected = 0
+
+    async def stream(n: int, count: int) -> None:
+        batches = 50
+        for b in range(batches):
+            for s in sessions[b * n // batches : (b + 1) * n // batches]:
+                if not s.closed:
+                    s.request_stream(rate, count, size)
+            await asyncio.sleep(period / batches)
+
+    async def arrived(target: int, timeout: float) -> None:
+        for _ in range(int(timeout / 0.01)):
+            if st.rx_frames >= target:
+                return
+            await asyncio.sleep(0.01)
+
+    warm = max(1, round(rate * min(spec.get("warmup", 1.0), 1.0)))
+    await stream(steps[0], warm)
+    await asyncio.sleep(warm * period)
+    expected += steps[0] * warm
+    await arrived(expected, 5.0)
+    for n in steps:
+        st.lat = []
+        st.lag = []
+        # The window opens once every stream has been asked for (one period)
+        # and lasts as long as a stream: every token of the step is written
+        # inside it, at the full rate from start to end.
+        await stream(n, count)
+        f0, b0, c0, t0 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
+        emit("start")
+        await asyncio.sleep(duration)
+        f1, b1, c1, t1 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
+        emit("stop")
+        expected += n * count
+        await arrived(expected, 5.0)
+        elapsed = t1 - t0
+        emit(
+            "result",
+            sessions=n,
+            offered=rate * n,
+            failures=failures,
+            sent=n * count,
+            frames=f1 - f0,
+            relayed=f1 - f0,
+            bytes=b1 - b0,
+            seconds=elapsed,
+            fps=(f1 - f0) / elapsed,
+            mbps=(b1 - b0) / elapsed / 1e6,
+            loadgen_cpu=(c1 - c0) / elapsed,
+            late=max(0, expected - st.rx_frames),
+            bad=st.bad,
+            errors=st.errors[:5],
+            latency_ms=percentiles(st.lat, 1e-6),
+            agent_lag_ms=percentiles(st.lag, 1e-6),
+        )
+    await arrived(expected, 10.0)
+    st.running = False
+    if pacer is not None:
+        pacer.cancel()
+    emit("final", lost=max(0, expected - st.rx_frames), bad=st.bad, errors=st.errors[:5])
     for s in sessions:
         s.transport.close()
     await asyncio.sleep(0.1)

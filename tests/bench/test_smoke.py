@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 from bench.report import print_tables, targets, write
-from bench.suite import MODES, SYSTEMS, run_suite
+from bench.suite import MODES, SYSTEMS, drive_procs, run_suite, start_env_daemon_only, stop_env
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux only")
 
@@ -39,14 +39,40 @@ def test_latency_no_loss(results: dict[str, Any]) -> None:
         assert r["rtt_ms"]["p50"] > 0, r
 
 
-def test_scale_and_ai_load(results: dict[str, Any]) -> None:
-    sc = results["scale"]
-    assert sc["ramp"]["sessions"] == MODES["smoke"].scale_sessions
-    assert [s["sessions"] for s in sc["steps"]] == MODES["smoke"].ai_steps
-    for step in sc["steps"]:
+def check_ai_load(r: dict[str, Any]) -> None:
+    """Every step's tokens all arrived, in order, undamaged, with a latency."""
+    mode = MODES["smoke"]
+    assert r["ramp"]["sessions"] == mode.scale_sessions
+    assert [s["sessions"] for s in r["steps"]] == mode.ai_steps
+    for step in r["steps"]:
         assert step["late"] == 0 and step["bad"] == 0 and step["errors"] == [], step
-    assert sc["final"] == {"lost": 0, "bad": 0, "errors": []}
-    assert sc["rss_held"] > 0
+        assert step["sent"] == step["sessions"] * round(10 * mode.ai_duration), step
+        assert step["frames"] > 0 and step["latency_ms"]["p50"] > 0, step
+    assert r["final"] == {"lost": 0, "bad": 0, "errors": []}
+    assert r["rss_held"] > 0
+
+
+def test_scale_and_ai_load(results: dict[str, Any]) -> None:
+    check_ai_load(results["scale"])
+
+
+def test_ai_load_through_every_peer(results: dict[str, Any]) -> None:
+    peers = results["ai_peers"]
+    assert [r["system"] for r in peers] == SYSTEMS[1:]
+    for r in peers:
+        check_ai_load(r)
+
+
+def test_several_load_generator_processes(tmp_path: Path) -> None:
+    env = start_env_daemon_only(tmp_path)
+    try:
+        spec = {"sessions": 4, "size": 64, "window": 4, "warmup": 0.2, "duration": 0.5}
+        r = drive_procs(env, "clawtermd", {**spec, "verify": True}, 2)
+    finally:
+        stop_env(env)
+    assert r["lg_procs"] == 2 and r["sessions"] == 4 and r["failures"] == 0
+    assert r["fps"] > 0 and r["bad"] == 0 and r["lost"] == 0 and r["errors"] == [], r
+    assert r["server_cpu"] > 0 and r["cpu_us_per_frame"] > 0
 
 
 def test_resume_replays_full_ring(results: dict[str, Any]) -> None:
@@ -64,6 +90,8 @@ def test_report_keeps_hand_written_sections(results: dict[str, Any], tmp_path: P
     assert "| 64 | decode | 2,029,110 | 160 | 4,043,059 | 1.99 |" in first
     assert len(targets(results)) == 9
     assert (tmp_path / "img" / "bench-throughput.png").stat().st_size > 1000
+    assert (tmp_path / "img" / "bench-ai-load.png").stat().st_size > 1000
+    assert "The same load through every peer" in first
     codec = "## Codec (bench/codec.py)\n\nedited by hand\n"
     note = "## Analysis (hand-written)\n\nkept\n"
     out.write_text(first.replace("## Codec (bench/codec.py)", codec + "\n## Old codec") + note)
