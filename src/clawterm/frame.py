@@ -7,27 +7,29 @@ Layout, all integers big-endian::
     | 0x7E | SID  | SEQ  |TYPE|FLAGS | LEN  | PAYLOAD  | CRC16 |
     +------+------+------+----+------+------+----------+-------+
 
-How the decoder works. Transports hand us chunks that usually hold several
-whole frames. :meth:`FrameDecoder.feed` walks such a chunk in place: each frame
-it yields has ``payload`` and ``raw`` as :class:`memoryview` slices of the
-chunk, so nothing is copied. Only a frame cut by a chunk boundary is gathered
-in the decoder's buffer, and only its own bytes: once that frame is complete
-it is yielded (as ``bytes``) and the rest of the chunk is again walked in
-place. The buffer therefore never holds more than one incomplete frame, i.e.
-less than ``max_payload + 15`` bytes.
+How the decoder works. Transports hand us chunks that hold one whole frame
+or several. :meth:`FrameDecoder.feed` walks such a chunk in place and returns
+its frames in a list: each has ``payload`` and ``raw`` as :class:`memoryview`
+slices of the chunk, so nothing is copied. Only a frame cut by a chunk
+boundary is gathered in the decoder's buffer, and only its own bytes: once
+that frame is complete it is returned (as ``bytes``) and the rest of the
+chunk is again walked in place. The buffer therefore never holds more than
+one incomplete frame, i.e. less than ``max_payload + 15`` bytes. Decoding
+is eager (a plain loop, no generator): a chunk usually holds a single frame
+when traffic is sparse, and then per-call costs are what counts.
 
 Checks happen as early as the bytes allow: the FLAG byte as soon as a frame's
 first byte arrives, LEN against ``max_payload`` as soon as its header does,
 the CRC when the frame is complete. A failed check raises a
-:class:`~clawterm.errors.RemoteProtocolError` carrying the spec's ERROR code;
-the caller answers ERROR and closes (SPEC §2). The decoder never
-resynchronises.
+:class:`~clawterm.errors.RemoteProtocolError` carrying the spec's ERROR code
+once the good frames before it have been handed out; the caller answers
+ERROR and closes (SPEC §2). The decoder never resynchronises.
 """
 
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from .constants import FLAG, HEADER_SIZE, MAX_PAYLOAD, OVERHEAD, FrameType
@@ -125,11 +127,10 @@ class FrameDecoder:
         for frame in decoder.feed(data):
             handle(frame)
 
-    You must exhaust the iterator :meth:`feed` returns before feeding more
-    (the decoder saves an incomplete trailing frame when the iteration ends).
     A malformed frame raises a :class:`~clawterm.errors.RemoteProtocolError`
-    subclass after every good frame before it has been yielded; after that
-    the decoder is spent and raises the same error on every call.
+    subclass from the iteration, after every good frame before it has been
+    yielded; from then on the decoder is spent and every later :meth:`feed`
+    raises the same error when iterated.
     """
 
     __slots__ = ("_buf", "_error", "_need", "max_payload")
@@ -150,16 +151,24 @@ class FrameDecoder:
         """Bytes held for an incomplete frame (always < max_payload + 15)."""
         return len(self._buf)
 
-    def feed(self, data: Buffer) -> Iterator[Frame]:
-        """Decode the frames that ``data`` completes, in order."""
+    def feed(self, data: Buffer) -> Iterable[Frame]:
+        """Decode the frames that ``data`` completes, in order.
+
+        Returns a list, or, when ``data`` holds a malformed frame (or the
+        decoder is spent), an iterator that yields the good frames before it
+        and then raises the error. Frames may be :class:`memoryview` slices
+        of ``data`` (see :class:`Frame`).
+        """
         if self._error is not None:
-            raise self._error
+            return _raise_after([], self._error)
+        frames: list[Frame] = []
         try:
-            yield from self._feed(data)
+            self._decode(data, frames)
         except RemoteProtocolError as exc:
             self._error = exc
             self._buf.clear()
-            raise
+            return _raise_after(frames, exc)
+        return frames
 
     def _check_header(self, flag: int, length: int) -> None:
         if flag != FLAG:
@@ -167,7 +176,7 @@ class FrameDecoder:
         if length > self.max_payload:
             raise TooLarge(f"payload of {length} bytes exceeds the limit of {self.max_payload}")
 
-    def _feed(self, data: Buffer) -> Iterator[Frame]:
+    def _decode(self, data: Buffer, frames: list[Frame]) -> None:
         mv = memoryview(data)
         end = len(mv)
         pos = 0
@@ -192,7 +201,7 @@ class FrameDecoder:
                 if crc16(raw):
                     raise BadCrc("bad CRC")
                 _, sid, seq, typ, flags, _ = _unpack_header(raw)
-                yield _tuple_new(Frame, (typ, flags, sid, seq, raw))
+                frames.append(_tuple_new(Frame, (typ, flags, sid, seq, raw)))
                 break
 
         max_payload = self.max_payload
@@ -203,10 +212,11 @@ class FrameDecoder:
             stop = pos + OVERHEAD + length
             if stop > end:
                 break
-            raw_view = mv[pos:stop]
+            # A chunk that is exactly one frame (sparse traffic) needs no slice.
+            raw_view = mv if stop == end and pos == 0 else mv[pos:stop]
             if crc16(raw_view):
                 raise BadCrc("bad CRC")
-            yield _tuple_new(Frame, (typ, flags, sid, seq, raw_view))
+            frames.append(_tuple_new(Frame, (typ, flags, sid, seq, raw_view)))
             pos = stop
 
         if pos < end:
@@ -221,3 +231,9 @@ class FrameDecoder:
         flag, _, _, _, _, length = _unpack_header(self._buf)
         self._check_header(flag, length)
         self._need = OVERHEAD + length
+
+
+def _raise_after(frames: list[Frame], error: RemoteProtocolError) -> Iterator[Frame]:
+    """Yield ``frames``, then raise ``error`` (a chunk that ended in a bad frame)."""
+    yield from frames
+    raise error

@@ -164,3 +164,48 @@ def test_error_classes_carry_codes() -> None:
     e = errors.PeerError(ErrorCode.TAKEN_OVER, "moved")
     assert e.code == 11 and "TAKEN_OVER" in str(e)
     assert "code 999" in str(errors.PeerError(999, ""))
+
+
+def test_single_frame_chunk_is_the_chunk_itself() -> None:
+    # Sparse traffic: one whole frame per read; raw views the chunk, unsliced.
+    raw = encode_frame(FrameType.ACK, 3, 0, (9).to_bytes(4, "big"))
+    frames = list(FrameDecoder().feed(raw))
+    assert len(frames) == 1
+    frame = frames[0]
+    assert isinstance(frame.raw, memoryview) and frame.raw.obj is raw
+    assert bytes(frame.raw) == raw and frame.payload == (9).to_bytes(4, "big")
+
+
+@pytest.mark.parametrize("cut", range(1, OVERHEAD + 4))
+def test_one_frame_split_across_two_reads(cut: int) -> None:
+    raw = encode_frame(FrameType.ACK, 3, 0, (9).to_bytes(4, "big"))
+    decoder = FrameDecoder()
+    assert list(decoder.feed(raw[:cut])) == []
+    (frame,) = decoder.feed(raw[cut:])
+    assert bytes(frame.raw) == raw and decoder.buffered == 0
+    (again,) = decoder.feed(raw)  # the next read: one whole frame again
+    assert bytes(again.raw) == raw
+
+
+def test_bad_crc_in_single_frame_chunk_raises_on_iteration() -> None:
+    raw = bytearray(encode_frame(FrameType.DATA, 1, 1, b"x" * 40))
+    raw[-1] ^= 1
+    decoder = FrameDecoder()
+    frames = decoder.feed(bytes(raw))  # the call itself does not raise
+    with pytest.raises(BadCrc):
+        list(frames)
+    good = encode_frame(FrameType.DATA, 1, 2, b"ok")
+    spent = decoder.feed(good)
+    with pytest.raises(BadCrc):
+        list(spent)
+
+
+def test_bad_crc_after_good_frames_in_one_chunk() -> None:
+    good = encode_frame(FrameType.DATA, 1, 1, b"ok")
+    bad = bytearray(encode_frame(FrameType.DATA, 1, 2, b"no"))
+    bad[-2] ^= 0x40
+    seen: list[Frame] = []
+    with pytest.raises(BadCrc):
+        for f in FrameDecoder().feed(good + good + bytes(bad) + good):
+            seen.append(f)
+    assert [bytes(f.raw) for f in seen] == [good, good]

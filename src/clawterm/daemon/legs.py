@@ -49,9 +49,10 @@ class _LegBase(asyncio.Protocol):
 
     def flush(self) -> None:
         out = self.out
-        if out and not self.closing:
-            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
-        out.clear()
+        if out:
+            if not self.closing:
+                self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def pause_reading(self) -> None:
         if self.transport is not None and not self.closing:
@@ -133,7 +134,7 @@ class ClientProtocol(_LegBase):
     def flush(self) -> None:
         if self.out:
             self.last_tx = self.daemon.loop.time()
-        super().flush()
+            super().flush()
 
     def data_received(self, data: bytes) -> None:
         daemon = self.daemon

@@ -30,9 +30,11 @@ buffer limits.
 from __future__ import annotations
 
 import logging
+import struct
 from typing import Protocol
 
 from ..constants import (
+    OVERHEAD,
     Capability,
     DataFlag,
     ErrorCode,
@@ -55,6 +57,8 @@ log = logging.getLogger("clawterm.daemon")
 _DATA = int(FrameType.DATA)
 _ACK = int(FrameType.ACK)
 _PING = int(KeepaliveFlag.PING)
+_ACK_U32_SIZE = OVERHEAD + 4
+_unpack_u32 = struct.Struct(">I").unpack_from
 _SEQ_MASK = 0xFFFFFFFF
 _SEQ_HALF = 1 << 31
 
@@ -182,15 +186,15 @@ class Session:
             if agent is not None:
                 agent.send(raw)
         elif ftype == _ACK:
-            ack = Ack.decode(frame.payload)
-            if ack.seq is None:
+            acked = _ack_seq(frame)
+            if acked is None:
                 # Legacy empty ACK: the oldest unacknowledged frame (SPEC §4),
                 # passed on as an explicit u32.
                 oldest = self.ring.ack_oldest()
                 if oldest is not None and agent is not None:
                     agent.send(encode_frame(_ACK, self.session_id, 0, Ack(oldest).encode()))
             else:
-                self.ring.ack(ack.seq)
+                self.ring.ack(acked)
                 if agent is not None:
                     agent.send(frame.raw)
             self._update_agent_reading()
@@ -342,9 +346,9 @@ class Session:
             if not self._agent_paused and ring.full:
                 self._set_agent_paused(True)
         elif ftype == _ACK:
-            ack = Ack.decode(frame.payload)
-            if ack.seq is not None:
-                self.agent_acked = ack.seq
+            acked = _ack_seq(frame)
+            if acked is not None:
+                self.agent_acked = acked
                 if client is not None:
                     client.send(frame.raw)
         elif ftype == FrameType.KEEPALIVE:
@@ -463,6 +467,19 @@ class Session:
         self.agent_leg = leg
         if self._agent_paused:
             leg.pause_reading()
+
+
+def _ack_seq(frame: Frame) -> int | None:
+    """The SEQ an ACK acknowledges, None for the legacy empty ACK (SPEC §4).
+
+    The usual u32 ACK is read straight from ``raw``; any other length goes
+    through :meth:`Ack.decode`, which raises BAD_PAYLOAD for a wrong one.
+    """
+    raw = frame.raw
+    if len(raw) == _ACK_U32_SIZE:
+        seq: int = _unpack_u32(raw, 13)[0]
+        return seq
+    return Ack.decode(frame.payload).seq
 
 
 _CLIENT_NEVER_SENDS = frozenset(

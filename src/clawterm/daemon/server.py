@@ -581,8 +581,7 @@ class Daemon:
             # stop() recorded every session already; transports closing now
             # must not rewrite the table (it may be closed).
             return
-        state = session.state
-        if self._persisted.get(session.session_id) is not state:
+        if self._persisted.get(session.session_id) is not session.sm.state:
             self._persist(session)
 
     def _persist(self, session: Session, force_state: SessionState | None = None) -> None:
