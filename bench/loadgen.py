@@ -537,6 +537,11 @@ async def run(spec: dict[str, Any]) -> None:
         "errors": st.errors[:5],
         "rtt_ms": percentiles(st.rtts),
     }
+    if spec.get("hold_after"):
+        # Sessions stay open (and idle) a while after their traffic: the
+        # orchestrator reads the server's RSS on "held_after".
+        await asyncio.sleep(spec["hold_after"])
+        emit("held_after")
     for s in sessions:
         s.transport.close()
     await asyncio.sleep(0.1)

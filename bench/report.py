@@ -272,6 +272,29 @@ def ai_peer_rows(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return head, [*rows, best, per_token]
 
 
+def busy_rows(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    head = [
+        "payload B",
+        "window",
+        "sessions",
+        "echoed per session in the measured second",
+        "RSS per session, idle",
+        "RSS per session, after traffic",
+    ]
+    rows = [
+        [
+            f"{r['size']:,}",
+            str(r["window"]),
+            f"{r['sessions']:,}",
+            f"{r['echoed_per_session'] / 1024:,.0f} KiB",
+            f"{r['idle_per_session'] / 1024:.1f} KiB",
+            f"{r['busy_per_session'] / 1024:.1f} KiB",
+        ]
+        for r in res.get("busy", [])
+    ]
+    return head, rows
+
+
 def scale_peer_rows(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     head = ["system", "sessions held", "new sessions/s", "RSS per idle session"]
     rows = []
@@ -404,6 +427,7 @@ def print_tables(res: dict[str, Any]) -> None:
         ("AI-agent load, clawtermd (40 B tokens, 10/s per session)", ai_rows(res["scale"])),
         ("AI-agent load, every system", ai_peer_rows(res)),
         ("scale, every system", scale_peer_rows(res)),
+        ("RSS per session after traffic", busy_rows(res)),
         ("wire overhead (bytes per payload byte, computed)", overhead_rows(res)),
     ]:
         print(f"\n# {title}")
@@ -520,6 +544,7 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
     ai_head, ai_rows_ = ai_rows(sc)
     ai_p_head, ai_p_rows = ai_peer_rows(res)
     sc_head, sc_rows = scale_peer_rows(res)
+    busy_head, busy_rows_ = busy_rows(res)
     ai_dur = sc.get("seconds", 0.0)
     hap = res.get("haproxy")
     parts = [
@@ -640,6 +665,13 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
         "before their AI-agent load (their RSS growth over the ramp, after the "
         "throughput scenarios had already run in them):\n",
         md_table(sc_head, sc_rows, "lrrr"),
+        "**Busy sessions.** Idle RSS is not the whole cost: a session that has "
+        "carried traffic keeps its replay ring's scrollback (up to 256 KiB, by "
+        "design: it is what a RESUME from a new device replays) and whatever its "
+        "TLS buffers grew to. For each payload size a fresh daemon held the "
+        "sessions idle (RSS read), every session echoed frames for a second, then "
+        "all sat idle for 2 s (RSS read again):\n",
+        md_table(busy_head, busy_rows_, "rrrrrr"),
         "## 4. Resume\n",
         f"A session's ring filled to exactly 256 KiB ({rz['frames']} DATA frames of "
         f"4,081 B payload = {rz['ring_bytes']:,} B encoded) while suspended: the "

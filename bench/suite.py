@@ -71,6 +71,7 @@ class Mode:
     ai_steps: list[int]
     verify: bool = False
     big_sessions_max_size: int = 4096
+    busy_sessions: int = 2000
 
 
 MODES = {
@@ -87,8 +88,22 @@ MODES = {
         [500, 1000, 1500, 2000, 3000, 5000, 9900],
         big_sessions_max_size=65535,
     ),
-    "quick": Mode("quick", [64, 4096], [1, 64], 0.5, 1.0, 1.5, 1000, 2.0, 5, [250, 500, 1000]),
-    "smoke": Mode("smoke", [64], [1, 4], 0.1, 0.3, 0.3, 20, 0.5, 1, [10, 20], verify=True),
+    "quick": Mode(
+        "quick",
+        [64, 4096],
+        [1, 64],
+        0.5,
+        1.0,
+        1.5,
+        1000,
+        2.0,
+        5,
+        [250, 500, 1000],
+        busy_sessions=500,
+    ),
+    "smoke": Mode(
+        "smoke", [64], [1, 4], 0.1, 0.3, 0.3, 20, 0.5, 1, [10, 20], verify=True, busy_sessions=8
+    ),
 }
 
 
@@ -289,6 +304,8 @@ def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -
                 out["rss_ramped"] = rss_bytes(pid)
             elif event == "held":
                 out["rss_held"] = rss_bytes(pid)
+            elif event == "held_after":
+                out["rss_after"] = rss_bytes(pid)
             elif event == "result":
                 steps.append(with_cpu(msg, marks))
             elif event == "final":
@@ -600,10 +617,59 @@ def meets_ai(step: dict[str, Any]) -> bool:
     return bool(lat) and lat["p99"] < AI_P99_MS and not step.get("late") and not step.get("bad")
 
 
-def start_env_daemon_only(tmp: Path) -> Env:
+def busy_memory(tmp: Path, mode: Mode) -> list[dict[str, Any]]:
+    """What sessions cost in RSS once they have carried traffic, not only idle.
+
+    For each payload size a fresh daemon: ``busy_sessions`` sessions opened
+    and held idle (RSS read), then every session echoes frames for a second
+    (closed loop), then all sit idle again for 2 s (RSS read). What stays is
+    the replay ring's scrollback (up to 256 KiB a session, by design) plus
+    what the TLS layer and the allocator kept.
+    """
+    rows = []
+    for size, window in [(4096, 4), (65535, 1)]:
+        env = start_env_daemon_only(tmp / f"busy-{size}")
+        try:
+            time.sleep(0.3)
+            rss0 = rss_bytes(env.daemon.pid)
+            n = mode.busy_sessions
+            r = drive(
+                env,
+                "clawtermd",
+                {
+                    "sessions": n,
+                    "size": size,
+                    "window": window,
+                    "hold": 2.0,
+                    "warmup": 0.5,
+                    "duration": 1.0,
+                    "hold_after": 2.0,
+                    "concurrency": 48,
+                    "verify": mode.verify,
+                },
+            )
+        finally:
+            stop_env(env)
+        held = r.get("sessions", 0) or n
+        r.update(
+            size=size,
+            window=window,
+            idle_per_session=(r["rss_held"] - rss0) / held,
+            busy_per_session=(r["rss_after"] - rss0) / held,
+            echoed_per_session=r["bytes"] / held,
+        )
+        rows.append(r)
+        log(
+            f"busy memory {size:>6} B: idle {r['idle_per_session'] / 1024:.1f} KiB, after "
+            f"traffic {r['busy_per_session'] / 1024:.1f} KiB per session"
+        )
+    return rows
+
+
+def start_env_daemon_only(tmp: Path, *daemon_args: str) -> Env:
     """A fresh daemon and the lean agent (the AI-agent load's token streams need it)."""
     server, lg = cores()
-    daemon = Daemon(tmp, server).start()
+    daemon = Daemon(tmp, server, *daemon_args).start()
     lean = [sys.executable, "-m", "bench.agent", "--socket-dir", str(daemon.socket_dir)]
     agent = spawn(lean, lg, tmp / "agent.log")
     daemon.wait_agent()
@@ -679,6 +745,7 @@ def run_suite(mode: Mode, workdir: Path | None = None) -> dict[str, Any]:
     finally:
         stop_env(env)
     results["scale"] = scale(tmp / "scale", mode)
+    results["busy"] = busy_memory(tmp, mode)
     results["overhead"] = overhead()
     results["seconds"] = time.monotonic() - started
     if workdir is None:

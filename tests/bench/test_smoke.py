@@ -75,6 +75,15 @@ def test_several_load_generator_processes(tmp_path: Path) -> None:
     assert r["server_cpu"] > 0 and r["cpu_us_per_frame"] > 0
 
 
+def test_busy_memory_rows(results: dict[str, Any]) -> None:
+    rows = results["busy"]
+    assert [(r["size"], r["window"]) for r in rows] == [(4096, 4), (65535, 1)]
+    for r in rows:
+        assert r["sessions"] == MODES["smoke"].busy_sessions and r["failures"] == 0, r
+        assert r["bad"] == 0 and r["lost"] == 0 and r["errors"] == [], r
+        assert r["echoed_per_session"] > 0 and r["rss_after"] > 0 and r["rss_held"] > 0, r
+
+
 def test_resume_replays_full_ring(results: dict[str, Any]) -> None:
     rz = results["resume"]
     assert rz["ring_bytes"] == 256 * 1024
