@@ -45,6 +45,7 @@ from .relay import Session
 from .statedir import default_state_dir, prepare_state_dir
 from .store import SessionRecord, SessionStore
 from .tls import ensure_certificate, fingerprint, format_fingerprint, server_context
+from .tlslayer import TLSLayer
 from .tokens import NonceGuard, NonceResult, TokenStore, ensure_dev_token
 
 __all__ = ["Daemon", "run_daemon"]
@@ -138,12 +139,14 @@ class Daemon:
             log.warning("session table: %s", problem)
         self._restore(loaded.records)
 
+        # TLS by our own layer over a plain TCP transport, not create_server's
+        # ssl=: uvloop's keeps up to ~500 KiB per connection after a burst
+        # (tlslayer.py, docs/benchmarks.md "Busy sessions").
+        ssl_context = self.ssl
         server = await self.loop.create_server(
-            lambda: ClientProtocol(self),
+            lambda: TLSLayer(ClientProtocol(self), ssl_context, config.handshake_timeout),
             config.host,
             config.port,
-            ssl=self.ssl,
-            ssl_handshake_timeout=config.handshake_timeout,
             reuse_address=True,
             backlog=1024,
         )
