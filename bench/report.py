@@ -193,6 +193,11 @@ def ai_steps(sc: dict[str, Any]) -> list[dict[str, Any]]:
     return list(sc.get("steps") or [sc])
 
 
+def cores_busy(r: dict[str, Any]) -> str:
+    """Busy share of the server's core and the load generator's, softirq included."""
+    return f"{r.get('server_core_busy', 0):.0%} / {r.get('lg_core_busy', 0):.0%}"
+
+
 def ai_best(sc: dict[str, Any]) -> int:
     """The largest step of the AI-agent load that met its target."""
     return max((r.get("sessions", 0) for r in ai_steps(sc) if meets_ai(r)), default=0)
@@ -213,6 +218,7 @@ def ai_rows(sc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "CPU µs/token",
         "load gen CPU",
         "agent CPU",
+        "cores busy (server / load gen)",
         "other CPU",
         f"p99 < {AI_P99_MS:.0f} ms, 0 lost",
     ]
@@ -234,6 +240,7 @@ def ai_rows(sc: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{r.get('cpu_us_per_frame', 0):.1f}",
                 f"{r.get('loadgen_cpu', 0):.0%}",
                 f"{r.get('agent_cpu', 0):.0%}",
+                cores_busy(r),
                 f"{r.get('other_cpu', 0):.0%}",
                 "met" if meets_ai(r) else "missed",
             ]
@@ -336,6 +343,7 @@ def throughput_rows(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
         "MB/s (relayed)",
         "server CPU",
         "CPU µs/frame",
+        "cores busy (server / load gen)",
         "other CPU",
         "clawtermd ÷ this",
         "load gen processes",
@@ -357,6 +365,7 @@ def throughput_rows(res: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
                 f"{2 * r['mbps']:,.1f}",
                 f"{r['server_cpu']:.0%}",
                 f"{r['cpu_us_per_frame']:.1f}",
+                cores_busy(r),
                 f"{r.get('other_cpu', 0):.0%}",
                 "—" if r["system"] == "clawtermd" else f"{ratio:.2f}",
                 str(r.get("lg_procs", 1)),
@@ -577,10 +586,14 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
         "by the load generator, it is measured again with two load-generator "
         "processes (on the same core: there is no third) and the faster result "
         "is kept; *load gen processes* says which. CPU time is utime + stime from "
-        "`/proc/PID/stat` over the measurement window; *bound by* says `server` "
-        "when the server process used ≥ 85 % of its core, `load generator` when "
-        "the load generator and agent together used ≥ 85 % of core 1 while the "
-        "server did not. *Other CPU* is user + system time the rest of the "
+        "`/proc/PID/stat` over the measurement window. *Cores busy* is each "
+        "core's non-idle share from `/proc/stat`, softirq and irq included: "
+        "loopback TCP does part of its work there and no process is charged for "
+        "it, so a core can be full while its processes add up to less. *Bound "
+        "by* says `server` when the server process used ≥ 85 % of its core or "
+        "that core was ≥ 90 % busy, `load generator` when the load generator "
+        "and agent used ≥ 85 % of core 1 or core 1 was ≥ 90 % busy, `both "
+        "cores` when both held. *Other CPU* is user + system time the rest of the "
         "machine used during the window (from `/proc/stat`, minus the server, the "
         "agent and the load generator; interrupt/softirq time, where loopback TCP "
         "does part of its work, is not counted): this machine is shared with other "
@@ -608,7 +621,7 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
         "clawtermd passes those ACKs to the agent and the agent's ACKs to the "
         "client, work the WebSocket relays do not have (they drop the agent's ACKs "
         "and have no replay ring).\n",
-        md_table(tp_head, tp_rows, "lrrrrrrrrrrrl"),
+        md_table(tp_head, tp_rows, "lrrrrrrrrrrrrl"),
         "![throughput](img/bench-throughput.png)\n",
         "## 2. Latency\n",
         "Open loop at about half of each system's measured peak round-trip rate "
@@ -639,7 +652,7 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
         f"{sc.get('final', {}).get('bad', 0)} arrived damaged or out of order. "
         "CPU µs/token is the server's CPU time per token delivered (the token "
         "and its share of ACKs).\n",
-        md_table(ai_head, ai_rows_, "rrrrrrrrrrrrrrl"),
+        md_table(ai_head, ai_rows_, "rrrrrrrrrrrrrrrl"),
         "The same load through every peer (the same load generator, the same "
         "agent, the same steps on a relay holding the same number of idle "
         "sessions). The WebSocket clients send no ACKs (WebSocket has none; the "

@@ -37,6 +37,36 @@ async def until(predicate: Any, timeout: float = 5.0, interval: float = 0.02) ->
         await asyncio.sleep(interval)
 
 
+class RecordingTransport:
+    """Stands in for a socket under the daemon's leg adapters: keeps every write.
+
+    For tests that drive :mod:`clawterm.daemon.legs` in-process (the only
+    fake in the daemon tests: the adapters' own behaviour is the subject).
+    """
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(bytes(data))
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 5555) if name == "peername" else None
+
+    def set_write_buffer_limits(self, high: int) -> None:
+        pass
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     with socket.socket(socket.AF_INET, kind) as s:
         s.bind(("127.0.0.1", 0))

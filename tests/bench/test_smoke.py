@@ -31,6 +31,7 @@ def test_throughput_every_system_intact(results: dict[str, Any]) -> None:
         assert r["errors"] == [], r
         assert r["failures"] == 0, r
         assert r["server_cpu"] >= 0
+        assert 0 < r["server_core_busy"] <= 1 and 0 < r["lg_core_busy"] <= 1, r
 
 
 def test_latency_no_loss(results: dict[str, Any]) -> None:

@@ -17,24 +17,7 @@ from clawterm.constants import ErrorCode, FrameType
 from clawterm.daemon.legs import ClientProtocol
 from clawterm.frame import FrameDecoder, encode_frame
 from clawterm.payloads import Error
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 5555) if name == "peername" else None
-
-    def set_write_buffer_limits(self, high: int) -> None:
-        pass
+from tests.helpers import RecordingTransport
 
 
 class BrokenSession:
@@ -52,7 +35,7 @@ class BrokenSession:
 
 
 def test_internal_error_sends_internal_without_details(caplog: pytest.LogCaptureFixture) -> None:
-    async def main() -> Transport:
+    async def main() -> RecordingTransport:
         errors: list[ErrorCode] = []
         daemon = SimpleNamespace(
             config=SimpleNamespace(max_payload=65535, max_buffer=1 << 20),
@@ -63,7 +46,7 @@ def test_internal_error_sends_internal_without_details(caplog: pytest.LogCapture
             after_burst=lambda session: session.flush(),
         )
         proto = ClientProtocol(daemon)  # type: ignore[arg-type]
-        transport = Transport()
+        transport = RecordingTransport()
         proto.connection_made(transport)  # type: ignore[arg-type]
         session = BrokenSession()
         session.client = proto
@@ -75,11 +58,11 @@ def test_internal_error_sends_internal_without_details(caplog: pytest.LogCapture
 
     with caplog.at_level(logging.ERROR, logger="clawterm.daemon"):
         transport = asyncio.run(main())
-    (frame,) = FrameDecoder().feed(bytes(transport.written))
+    (frame,) = FrameDecoder().feed(b"".join(transport.writes))
     assert frame.type == FrameType.ERROR and frame.session_id == 77
     err = Error.decode(frame.payload)
     assert err.code == ErrorCode.INTERNAL and err.message == "internal error"
-    assert b"secret" not in transport.written
+    assert b"secret" not in b"".join(transport.writes)
     assert transport.closed
     # The detail goes to the local log, with its traceback, not the wire.
     assert "secret internal detail" in caplog.text

@@ -23,32 +23,9 @@ from clawterm.daemon.relay import Session
 from clawterm.frame import FrameDecoder, encode_frame
 from clawterm.payloads import Disconnect, Error
 from clawterm.session import SessionState
+from tests.helpers import RecordingTransport
 
 SID = 77
-
-
-class Transport:
-    def __init__(self) -> None:
-        self.writes: list[bytes] = []
-        self.closed = False
-
-    def write(self, data: bytes) -> None:
-        self.writes.append(bytes(data))
-
-    def close(self) -> None:
-        self.closed = True
-
-    def get_extra_info(self, name: str) -> Any:
-        return ("127.0.0.1", 5555) if name == "peername" else None
-
-    def set_write_buffer_limits(self, high: int) -> None:
-        pass
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
 
 
 @dataclass
@@ -56,8 +33,8 @@ class Pair:
     session: Session
     client: ClientProtocol
     agent: AgentProtocol
-    to_client: Transport
-    to_agent: Transport
+    to_client: RecordingTransport
+    to_agent: RecordingTransport
     errors: list[ErrorCode]
 
 
@@ -78,7 +55,7 @@ def run(test: Callable[[Pair], None], capabilities: int = Capability.ACK) -> Non
         )
         session = Session(SID, 0, 1, bytes(32), counters=Counters(), ring_size=1 << 16)
         client, agent = ClientProtocol(daemon), AgentProtocol(daemon, session)
-        to_client, to_agent = Transport(), Transport()
+        to_client, to_agent = RecordingTransport(), RecordingTransport()
         client.connection_made(to_client)  # type: ignore[arg-type]
         agent.connection_made(to_agent)  # type: ignore[arg-type]
         agent.ready = True
@@ -151,7 +128,7 @@ def test_legacy_empty_ack_is_passed_on_as_u32() -> None:
     run(check)
 
 
-def error_of(transport: Transport) -> Error:
+def error_of(transport: RecordingTransport) -> Error:
     frames = list(FrameDecoder().feed(b"".join(transport.writes)))
     assert frames[-1].type == FrameType.ERROR and frames[-1].session_id == SID
     assert transport.closed
