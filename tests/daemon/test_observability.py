@@ -43,6 +43,7 @@ def test_metrics_health_and_session_log(tmp_path: Path) -> None:
         assert d.metric("clawterm_sessions", state="suspended") == 1
         assert d.metric("clawterm_resumes_total", result="ok") == 1
         assert d.metric("clawterm_handshake_seconds_count") >= 2
+        assert b"\nclawterm_gc_pause_seconds_count " in d.http("/metrics")[1]
         assert d.metric("clawterm_agents_registered") == 0
         log = d.log()
         for event in ("accept", "resume", "refused"):

@@ -55,6 +55,7 @@ class Config:
     resume_failures: int = 10
     allow_legacy_resume: bool = False
     shutdown_timeout: float = 5.0
+    gc_full_interval: float = 600.0
     quic_retry: str = "auto"
     max_quic_connections: int = 10_000
     log_level: str = "info"
@@ -146,6 +147,13 @@ _OPTIONS: list[tuple[tuple[str, ...], str, object, str]] = [
     ),
     (("--max-quic-connections",), "max_quic_connections", _positive_int, "QUIC connections"),
     (("--shutdown-timeout",), "shutdown_timeout", _seconds, "seconds to finish on SIGTERM"),
+    (
+        ("--gc-full-interval",),
+        "gc_full_interval",
+        _seconds,
+        "seconds between full garbage collections; survivors are frozen once a second "
+        "in between, so other pauses stay short; 0 = Python's default collector",
+    ),
     (("--log-level",), "log_level", str, "debug, info, warning or error"),
     (("--log-format",), "log_format", str, "text or json"),
 ]

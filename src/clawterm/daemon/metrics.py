@@ -49,6 +49,9 @@ logger = logging.getLogger("clawterm.daemon.metrics")
 
 #: Content type of ``/metrics``: the Prometheus text format 0.0.4.
 CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
+#: Histogram buckets of garbage-collector pauses, seconds.
+GC_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
+
 #: Histogram buckets of the handshake latency, seconds (CONNECT to ACCEPT).
 HANDSHAKE_BUCKETS = (
     0.0005,
@@ -211,6 +214,12 @@ class Metrics:
             "clawterm_resumes",
             "RESUME attempts, by result (SPEC §6).",
             ["result"],
+            registry=self.registry,
+        )
+        self.gc_pause_seconds = Histogram(
+            "clawterm_gc_pause_seconds",
+            "Pauses of Python's cyclic garbage collector (the loop stops meanwhile).",
+            buckets=GC_BUCKETS,
             registry=self.registry,
         )
         self.sessions_restored_total = Counter(

@@ -38,6 +38,7 @@ from ..frame import Frame, encode_frame
 from ..payloads import Accept, Connect, Disconnect, Resume, Resumed
 from ..session import SessionInput, SessionState
 from .config import Config
+from .gcpolicy import GcPolicy
 from .legs import AgentProtocol, ClientProtocol
 from .metrics import HealthServer, Metrics, parse_hostport
 from .registry import AgentRegistry
@@ -90,6 +91,7 @@ class Daemon:
         self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
+        self.gc: GcPolicy | None = None
         self._persisted: dict[int, SessionState] = {}
         self._dummy_hash = hashlib.sha256(secrets.token_bytes(16)).digest()
         self.quic: Any = None
@@ -167,6 +169,10 @@ class Daemon:
                 await self.health.start(hostport[0], hostport[1], self.metrics, lambda: self.ready)
                 log.info("metrics and health on http://%s:%d", *self.health.address)
         self._tick_task = self.loop.create_task(self._tick())
+        self.gc = GcPolicy(
+            config.gc_full_interval, self.loop.time(), self.metrics.gc_pause_seconds.observe
+        )
+        self.gc.start()
         self.ready = not self.restoring
         if not self.ready:
             self._spawn(self._wait_restored())
@@ -217,6 +223,8 @@ class Daemon:
                 self._persist(session, force_state=SessionState.SUSPENDED)
         if self._tick_task is not None:
             self._tick_task.cancel()
+        if self.gc is not None:
+            self.gc.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(
                 asyncio.gather(*(s.wait_closed() for s in self._servers)),
@@ -689,6 +697,8 @@ class Daemon:
             await asyncio.sleep(interval)
             try:
                 self.housekeeping(self.loop.time(), time.time())
+                if self.gc is not None:
+                    self.gc.tick(self.loop.time())
             except Exception:
                 log.exception("housekeeping failed")
 
