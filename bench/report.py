@@ -193,6 +193,20 @@ def ai_steps(sc: dict[str, Any]) -> list[dict[str, Any]]:
     return list(sc.get("steps") or [sc])
 
 
+def gc_sentence(gc: dict[str, Any]) -> str:
+    """What clawterm_gc_pause_seconds showed over the scale test and AI-agent load."""
+    if not gc:
+        return ""
+    over = gc.get("over", {})
+    longest = gc.get("longest_le_s", float("inf"))
+    bound = f"every one under {longest * 1000:g} ms" if longest < float("inf") else "some ≥ 1 s"
+    return (
+        f"Garbage-collector pauses in clawtermd over the ramp, the idle hold and "
+        f"the AI-agent load (`clawterm_gc_pause_seconds`): {gc.get('collections', 0):,} "
+        f"collections, {over.get('10 ms', 0)} over 10 ms, {bound}."
+    )
+
+
 def cores_busy(r: dict[str, Any]) -> str:
     """Busy share of the server's core and the load generator's, softirq included."""
     return f"{r.get('server_core_busy', 0):.0%} / {r.get('lg_core_busy', 0):.0%}"
@@ -674,7 +688,9 @@ def markdown(res: dict[str, Any], codec: str, command: str) -> str:
         f"{sc.get('rss_held', 0) / 2**20:.1f} MiB with the sessions idle for 2 s: "
         f"**{sc['rss_per_session'] / 1024:.1f} KiB per idle session**. File "
         "descriptors: the daemon holds 2 per session, the load generator and the "
-        "agent 1 each (limit 20,000 per process). The peers, ramped the same way "
+        "agent 1 each (limit 20,000 per process). "
+        + gc_sentence(sc.get("gc", {}))
+        + " The peers, ramped the same way "
         "before their AI-agent load (their RSS growth over the ramp, after the "
         "throughput scenarios had already run in them):\n",
         md_table(sc_head, sc_rows, "lrrr"),

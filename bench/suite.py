@@ -34,6 +34,7 @@ from bench.common import (
     cores,
     cpu_seconds,
     free_port,
+    http_get,
     rss_bytes,
     spawn,
     stop,
@@ -592,6 +593,7 @@ def scale(tmp: Path, mode: Mode) -> dict[str, Any]:
             timeout=300,
         )
         r["rss_before"] = rss0
+        r["gc"] = gc_pauses(env.daemon.metrics_port)
         held = r.get("ramp", {}).get("sessions", 0)
         r["rss_per_session"] = (r.get("rss_held", rss0) - rss0) / held if held else 0.0
         log(
@@ -601,6 +603,23 @@ def scale(tmp: Path, mode: Mode) -> dict[str, Any]:
         return r
     finally:
         stop_env(env)
+
+
+def gc_pauses(metrics_port: int) -> dict[str, Any]:
+    """clawtermd's garbage-collector pauses so far, from clawterm_gc_pause_seconds."""
+    _, body = http_get(metrics_port, "/metrics")
+    buckets: dict[float, float] = {}
+    count = 0.0
+    for line in body.decode().splitlines():
+        if line.startswith("clawterm_gc_pause_seconds_bucket{"):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[float(le)] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith("clawterm_gc_pause_seconds_count "):
+            count = float(line.rsplit(" ", 1)[1])
+    over = {f"{le * 1000:g} ms": int(count - n) for le, n in sorted(buckets.items()) if le < 1}
+    # The smallest bucket that holds every pause: an upper bound on the longest.
+    longest = min((le for le, n in buckets.items() if n >= count), default=float("inf"))
+    return {"collections": int(count), "over": over, "longest_le_s": longest}
 
 
 def ai_spec(mode: Mode) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def check_ai_load(r: dict[str, Any]) -> None:
 
 def test_scale_and_ai_load(results: dict[str, Any]) -> None:
     check_ai_load(results["scale"])
+    gc = results["scale"]["gc"]
+    assert gc["collections"] > 0 and set(gc["over"]) >= {"1 ms", "10 ms", "100 ms"}, gc
 
 
 def test_ai_load_through_every_peer(results: dict[str, Any]) -> None:
