@@ -204,9 +204,11 @@ class FrameDecoder:
                 frames.append(_tuple_new(Frame, (typ, flags, sid, seq, raw)))
                 break
 
+        # The loop below runs once per frame: names it uses are local.
         max_payload = self.max_payload
+        append, unpack, check, new = frames.append, _unpack_header, crc16, _tuple_new
         while end - pos >= OVERHEAD:
-            flag, sid, seq, typ, flags, length = _unpack_header(mv, pos)
+            flag, sid, seq, typ, flags, length = unpack(mv, pos)
             if flag != FLAG or length > max_payload:
                 self._check_header(flag, length)
             stop = pos + OVERHEAD + length
@@ -214,9 +216,9 @@ class FrameDecoder:
                 break
             # A chunk that is exactly one frame (sparse traffic) needs no slice.
             raw_view = mv if stop == end and pos == 0 else mv[pos:stop]
-            if crc16(raw_view):
+            if check(raw_view):
                 raise BadCrc("bad CRC")
-            frames.append(_tuple_new(Frame, (typ, flags, sid, seq, raw_view)))
+            append(new(Frame, (typ, flags, sid, seq, raw_view)))
             pos = stop
 
         if pos < end:
