@@ -438,6 +438,34 @@ def cpu_self() -> float:
     return r.ru_utime + r.ru_stime
 
 
+class Window:
+    """A measurement window: ``start`` now, ``stop`` and the rates at :meth:`close`.
+
+    The orchestrator reads the server's CPU time when it sees ``start`` and
+    ``stop``; the rates here are what this process counted in between.
+    """
+
+    def __init__(self, st: Stats) -> None:
+        self.st = st
+        self.frames0, self.bytes0 = st.rx_frames, st.rx_bytes
+        self.cpu0, self.t0 = cpu_self(), time.perf_counter()
+        emit("start")
+
+    def close(self) -> dict[str, float]:
+        st = self.st
+        frames, nbytes = st.rx_frames - self.frames0, st.rx_bytes - self.bytes0
+        cpu, elapsed = cpu_self() - self.cpu0, time.perf_counter() - self.t0
+        emit("stop")
+        return {
+            "frames": frames,
+            "bytes": nbytes,
+            "seconds": elapsed,
+            "fps": frames / elapsed,
+            "mbps": nbytes / elapsed / 1e6,
+            "loadgen_cpu": cpu / elapsed,
+        }
+
+
 def percentiles(values: list[float] | list[int], unit: float = 1e3) -> dict[str, float]:
     """p50, p99, p99.9 and max of ``values`` × ``unit`` (default: seconds → ms)."""
     if not values:
@@ -512,27 +540,19 @@ async def run(spec: dict[str, Any]) -> None:
             s.start_window()
         await asyncio.sleep(warmup)
         st.timing = spec.get("timing", True)
-        f0, b0, c0, t0 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
-        emit("start")
+        window = Window(st)
         await asyncio.sleep(duration)
-        f1, b1, c1, t1 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
-        emit("stop")
+        rates = window.close()
         st.timing = False
         st.running = False
         await drain(st, 3.0)
     else:
         await rate_steps(spec, st, sessions, failures)
         return
-    elapsed = t1 - t0
     result = {
         "sessions": len(sessions),
         "failures": failures,
-        "frames": f1 - f0,
-        "bytes": b1 - b0,
-        "seconds": elapsed,
-        "fps": (f1 - f0) / elapsed,
-        "mbps": (b1 - b0) / elapsed / 1e6,
-        "loadgen_cpu": (c1 - c0) / elapsed,
+        **rates,
         "lost": max(0, st.tx_frames - st.rx_frames),
         "bad": st.bad,
         "errors": st.errors[:5],
@@ -569,33 +589,20 @@ async def rate_steps(spec: dict[str, Any], st: Stats, sessions: list[Base], fail
         rate = offered(n)
         st.rtts = []
         st.timing = True
-        f0, b0, c0, t0, tx0 = (
-            st.rx_frames,
-            st.rx_bytes,
-            cpu_self(),
-            time.perf_counter(),
-            st.tx_frames,
-        )
-        emit("start")
+        tx0 = st.tx_frames
+        window = Window(st)
         await drive_rate(sessions[:n], rate, spec["duration"])
-        f1, b1, c1, t1 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
-        emit("stop")
+        rates = window.close()
         await drain(st, 5.0)
         st.timing = False
-        elapsed = t1 - t0
         emit(
             "result",
             sessions=n,
             offered=rate,
             failures=failures,
-            frames=f1 - f0,
-            bytes=b1 - b0,
-            seconds=elapsed,
-            fps=(f1 - f0) / elapsed,
-            mbps=(b1 - b0) / elapsed / 1e6,
-            loadgen_cpu=(c1 - c0) / elapsed,
+            **rates,
             sent=st.tx_frames - tx0,
-            late=max(0, (st.tx_frames - tx0) - (st.rx_frames - f0)),
+            late=max(0, (st.tx_frames - tx0) - (st.rx_frames - window.frames0)),
             bad=st.bad,
             errors=st.errors[:5],
             rtt_ms=percentiles(st.rtts),
@@ -670,27 +677,19 @@ async def token_steps(spec: dict[str, Any], st: Stats, sessions: list[Base], fai
         # and lasts as long as a stream: every token of the step is written
         # inside it, at the full rate from start to end.
         await stream(n, count)
-        f0, b0, c0, t0 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
-        emit("start")
+        window = Window(st)
         await asyncio.sleep(duration)
-        f1, b1, c1, t1 = st.rx_frames, st.rx_bytes, cpu_self(), time.perf_counter()
-        emit("stop")
+        rates = window.close()
         expected += n * count
         await arrived(expected, 5.0)
-        elapsed = t1 - t0
         emit(
             "result",
             sessions=n,
             offered=rate * n,
             failures=failures,
             sent=n * count,
-            frames=f1 - f0,
-            relayed=f1 - f0,
-            bytes=b1 - b0,
-            seconds=elapsed,
-            fps=(f1 - f0) / elapsed,
-            mbps=(b1 - b0) / elapsed / 1e6,
-            loadgen_cpu=(c1 - c0) / elapsed,
+            **rates,
+            relayed=rates["frames"],
             late=max(0, expected - st.rx_frames),
             bad=st.bad,
             errors=st.errors[:5],
