@@ -18,6 +18,7 @@ import hmac
 import importlib
 import json
 import logging
+import os
 import secrets
 import signal
 import ssl
@@ -43,7 +44,7 @@ from .legs import AgentProtocol, ClientProtocol
 from .metrics import HealthServer, Metrics, parse_hostport
 from .registry import AgentRegistry
 from .relay import Session
-from .statedir import default_state_dir, prepare_state_dir
+from .statedir import StateDirError, default_state_dir, lock_holder, prepare_state_dir, try_lock
 from .store import SessionRecord, SessionStore
 from .tls import ensure_certificate, fingerprint, format_fingerprint, server_context
 from .tlslayer import TLSLayer
@@ -92,6 +93,7 @@ class Daemon:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._tick_task: asyncio.Task[None] | None = None
         self.gc: GcPolicy | None = None
+        self._lock_fd: int | None = None
         self._persisted: dict[int, SessionState] = {}
         self._dummy_hash = hashlib.sha256(secrets.token_bytes(16)).digest()
         self.quic: Any = None
@@ -122,6 +124,7 @@ class Daemon:
             config.socket_dir,
             self.state_dir,
         )
+        await self._lock_state_dir()
         if config.cert is not None and config.key is not None:
             cert, key = config.cert, config.key
         else:
@@ -176,6 +179,23 @@ class Daemon:
         self.ready = not self.restoring
         if not self.ready:
             self._spawn(self._wait_restored())
+
+    async def _lock_state_dir(self) -> None:
+        """Hold the state directory for this daemon alone (statedir.py).
+
+        A daemon that is still shutting down holds it for up to
+        ``--shutdown-timeout``: wait twice that before giving up.
+        """
+        deadline = self.loop.time() + 2 * self.config.shutdown_timeout
+        while (fd := try_lock(self.state_dir)) is None:
+            if self.loop.time() >= deadline:
+                raise StateDirError(
+                    f"state directory {self.state_dir} is in use by another clawtermd "
+                    f"(pid {lock_holder(self.state_dir)}): two daemons cannot share one "
+                    "session table; give each its own --state-dir"
+                )
+            await asyncio.sleep(0.1)
+        self._lock_fd = fd
 
     async def _wait_restored(self) -> None:
         for event in list(self.restoring.values()):
@@ -234,6 +254,9 @@ class Daemon:
         if self.health is not None:
             await self.health.close()
         self.store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         for task in list(self._tasks):
             task.cancel()
         self._stopped.set()

@@ -1,12 +1,17 @@
 """The daemon's state directory (SPEC §16, §17).
 
-It holds ``cert.pem``, ``key.pem``, ``tokens.toml``, ``dev-token`` and
-``sessions.db``. Nothing in it is session data, but the key and the dev token
-are secrets, so the directory is created readable by its owner only.
+It holds ``cert.pem``, ``key.pem``, ``tokens.toml``, ``dev-token``,
+``sessions.db`` and ``lock``. Nothing in it is session data, but the key and
+the dev token are secrets, so the directory is created readable by its owner
+only. One daemon at a time: two daemons restoring and rewriting one session
+table would each resume the other's agents, so the daemon holds an exclusive
+``flock`` on ``lock`` (with its pid in it) for its whole life; the kernel
+releases it when the process ends, however it ends.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import stat
@@ -14,7 +19,14 @@ from pathlib import Path
 
 from ..errors import ClawTermError
 
-__all__ = ["STATE_DIR_MODE", "StateDirError", "default_state_dir", "prepare_state_dir"]
+__all__ = [
+    "STATE_DIR_MODE",
+    "StateDirError",
+    "default_state_dir",
+    "lock_holder",
+    "prepare_state_dir",
+    "try_lock",
+]
 
 logger = logging.getLogger("clawterm.daemon.statedir")
 
@@ -77,3 +89,29 @@ def prepare_state_dir(path: Path) -> Path:
             stat.S_IMODE(st.st_mode),
         )
     return path
+
+
+def try_lock(path: Path) -> int | None:
+    """Take the state directory's lock; its file descriptor, or None if another holds it.
+
+    The descriptor must stay open while the daemon runs; closing it (or the
+    process ending) releases the lock.
+    """
+    lock = Path(path) / "lock"
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def lock_holder(path: Path) -> str:
+    """The pid written by the daemon holding the lock, as text ("?" if unknown)."""
+    try:
+        return (Path(path) / "lock").read_text().strip() or "?"
+    except OSError:
+        return "?"
