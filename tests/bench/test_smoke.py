@@ -31,7 +31,11 @@ def test_throughput_every_system_intact(results: dict[str, Any]) -> None:
         assert r["errors"] == [], r
         assert r["failures"] == 0, r
         assert r["server_cpu"] >= 0
-        assert 0 < r["server_core_busy"] <= 1 and 0 < r["lg_core_busy"] <= 1, r
+        assert 0 <= r["server_core_busy"] <= 1 and 0 <= r["lg_core_busy"] <= 1, r
+    # /proc/stat counts in 10 ms ticks and a smoke window is 0.1 s: one row
+    # can read 0 for a core that was barely busy, but not every row.
+    assert sum(r["server_core_busy"] for r in rows) > 0
+    assert sum(r["lg_core_busy"] for r in rows) > 0
 
 
 def test_latency_no_loss(results: dict[str, Any]) -> None:
