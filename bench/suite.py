@@ -24,6 +24,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -295,7 +296,13 @@ def take_mark(env: Env, pid: int) -> Mark:
     )
 
 
-def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
+def drive(
+    env: Env,
+    system: str,
+    spec: dict[str, Any],
+    timeout: float = 120.0,
+    on_event: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
     """Run one load generator against ``system``; its result(s) plus CPU readings.
 
     Returns the last result; with several (``steps``) they are all under
@@ -330,6 +337,8 @@ def drive(env: Env, system: str, spec: dict[str, Any], timeout: float = 120.0) -
         for line in proc.stdout:
             msg = json.loads(line)
             event = msg.pop("event")
+            if on_event is not None:
+                on_event(event)
             if event in ("start", "stop", "ramping"):
                 marks[event] = take_mark(env, pid)
             elif event == "ramped":
