@@ -91,9 +91,17 @@ def test_samples_a_real_daemon(tmp_path: Path) -> None:
         if scope == "3":
             pytest.skip("the kernel forbids ptrace (yama ptrace_scope 3)")
     spec = {"sessions": 8, "size": 64, "window": window_for(64, 8), "warmup": 0.3}
-    r = profile_load(tmp_path, "t", {**spec, "duration": 1.5, "verify": True})
+    try:
+        r = profile_load(tmp_path, "t", {**spec, "duration": 1.5, "verify": True})
+    except RuntimeError as e:
+        if "not permitted" in str(e) or "Permission denied" in str(e):
+            pytest.skip(f"py-spy may not attach here: {e}")
+        raise
     p = r["profile"]
     assert r["sampled"]["bad"] == 0 and r["sampled"]["frames"] > 0
     assert p.samples > 10, p
+    # Shares seen at 64 B: ~55 % ClawTerm Python, ~23 % write(2); each of
+    # these functions is on 35-55 % of stacks.
     assert p.layers["ClawTerm Python"] > 0 and p.layers["system call: write/send"] > 0, p
-    assert p.ours["daemon.relay.Session.client_frame"] > 0, p
+    assert p.ours["daemon.tlslayer.TLSLayer.data_received"] > 0, p
+    assert p.ours["daemon.legs.AgentProtocol.data_received"] > 0, p
