@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from clawterm.daemon.registry import AgentRegistry, parse_agent_name, parse_id, socket_path
+from clawterm.daemon.registry import (
+    AgentRegistry,
+    NotASocket,
+    open_agent_socket,
+    parse_agent_name,
+    parse_id,
+    socket_path,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -449,3 +456,64 @@ def test_tenant_dir_renamed_to_another_tenant(tmp_path: Path, sockets: list[sock
             await reg.close()
 
     run(main)
+
+
+# -- connecting: the socket file itself, never through a symlink -------------
+
+
+def test_open_agent_socket_connects_to_the_socket_itself(
+    tmp_path: Path, sockets: list[socket.socket]
+) -> None:
+    # Deeper than sun_path's 108 bytes: the connection goes through /proc/self/fd.
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    assert len(os.fsencode(deep / "7.sock")) > 108
+    dirfd = os.open(deep, os.O_PATH)
+    try:  # an agent can bind there the same way
+        server = listen(f"/proc/self/fd/{dirfd}/7.sock", sockets)
+    finally:
+        os.close(dirfd)
+
+    async def main() -> None:
+        conn = await open_agent_socket(asyncio.get_running_loop(), str(deep / "7.sock"))
+        try:
+            peer, _ = server.accept()
+            with peer:
+                conn.setblocking(True)
+                conn.sendall(b"hello")
+                assert peer.recv(5) == b"hello"
+        finally:
+            conn.close()
+
+    run(main)
+
+
+def test_open_agent_socket_refuses_symlinks_and_files(
+    tmp_path: Path, sockets: list[socket.socket]
+) -> None:
+    """A tenant that swaps its socket name for a link to another's is not followed."""
+    (tmp_path / "1").mkdir()
+    (tmp_path / "2").mkdir()
+    other = listen(tmp_path / "2" / "2.sock", sockets)
+    other.setblocking(False)
+    os.symlink(tmp_path / "2" / "2.sock", tmp_path / "1" / "1.sock")
+    (tmp_path / "1" / "3.sock").write_text("not a socket")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        with pytest.raises(NotASocket, match="symbolic link"):
+            await open_agent_socket(loop, str(tmp_path / "1" / "1.sock"))
+        with pytest.raises(NotASocket, match="not a socket"):
+            await open_agent_socket(loop, str(tmp_path / "1" / "3.sock"))
+        with pytest.raises(FileNotFoundError):
+            await open_agent_socket(loop, str(tmp_path / "1" / "9.sock"))
+        nobody = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        nobody.bind(str(tmp_path / "1" / "4.sock"))  # bound, never listening
+        sockets.append(nobody)
+        with pytest.raises(ConnectionRefusedError):
+            await open_agent_socket(loop, str(tmp_path / "1" / "4.sock"))
+
+    run(main)
+    # The other tenant's agent saw no connection at all.
+    with pytest.raises(BlockingIOError):
+        other.accept()

@@ -37,7 +37,10 @@ very same inode leaves it discarded.
 
 Only sockets themselves count, not symbolic links to them, and tenant
 directories must be real directories: a tenant must not be able to point
-its name at another tenant's socket.
+its name at another tenant's socket. Registering checks that once; the
+daemon connects with :func:`open_agent_socket`, which checks it again on
+the file it actually connects to (a name swapped for a symlink between the
+two is refused, not followed).
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import errno
 import logging
 import os
 import re
+import socket
 import stat
 from collections.abc import Callable
 
@@ -59,7 +63,9 @@ __all__ = [
     "MAX_ID",
     "SOCKET_DIR_MODE",
     "AgentRegistry",
+    "NotASocket",
     "RegistryError",
+    "open_agent_socket",
     "parse_agent_name",
     "parse_id",
     "socket_path",
@@ -102,6 +108,39 @@ _Inode = tuple[int, int]  # (st_dev, st_ino)
 
 class RegistryError(ClawTermError):
     """The socket directory cannot be used; the message names it and why."""
+
+
+class NotASocket(OSError):
+    """An agent's socket name now names something else (a symlink, a file)."""
+
+
+async def open_agent_socket(loop: asyncio.AbstractEventLoop, path: str) -> socket.socket:
+    """A connected Unix stream socket to the socket file ``path`` itself.
+
+    The last component is opened with ``O_PATH | O_NOFOLLOW`` and must be a
+    socket; the connection goes to that very inode through
+    ``/proc/self/fd/N``. So a name swapped for a symlink after it was
+    registered is never followed (:class:`NotASocket`), and the path's
+    length is not bound by ``sun_path``'s 108 bytes. A missing name raises
+    FileNotFoundError and a socket nobody listens on ConnectionRefusedError,
+    as a plain connect would.
+    """
+    fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISSOCK(mode):
+            kind = "a symbolic link" if stat.S_ISLNK(mode) else "not a socket"
+            raise NotASocket(errno.ENOTSOCK, f"{path} is {kind}")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, f"/proc/self/fd/{fd}")
+        except BaseException:
+            sock.close()
+            raise
+    finally:
+        os.close(fd)
+    return sock
 
 
 def parse_id(text: str) -> int | None:

@@ -42,7 +42,7 @@ from .config import Config
 from .gcpolicy import GcPolicy
 from .legs import AgentProtocol, ClientProtocol
 from .metrics import HealthServer, Metrics, parse_hostport
-from .registry import AgentRegistry
+from .registry import AgentRegistry, NotASocket, open_agent_socket
 from .relay import Session
 from .statedir import StateDirError, default_state_dir, lock_holder, prepare_state_dir, try_lock
 from .store import SessionRecord, SessionStore
@@ -490,10 +490,20 @@ class Daemon:
         """Connect to the agent, send ``hello``, wait for ``expect`` (SPEC §14)."""
         timeout = self.config.agent_timeout
         try:
-            _, leg = await asyncio.wait_for(
-                self.loop.create_unix_connection(lambda: AgentProtocol(self, session), path),
-                timeout,
-            )
+            sock = await asyncio.wait_for(open_agent_socket(self.loop, path), timeout)
+            try:
+                _, leg = await self.loop.create_unix_connection(
+                    lambda: AgentProtocol(self, session), sock=sock
+                )
+            except BaseException:
+                sock.close()
+                raise
+        except NotASocket as exc:
+            # Swapped for a symlink (or anything else) since it registered:
+            # never followed (SPEC §15); unregistered like a stale socket.
+            log.warning("agent %d/%d: %s; not connecting", session.tenant, session.agent, exc)
+            self.registry.discard(session.tenant, session.agent)
+            raise AgentUnavailable from exc
         except (FileNotFoundError, ConnectionRefusedError) as exc:
             # A stale socket is treated as not registered (SPEC §15).
             self.registry.discard(session.tenant, session.agent)
