@@ -204,8 +204,17 @@ class FrameDecoder:
                 frames.append(_tuple_new(Frame, (typ, flags, sid, seq, raw)))
                 break
 
-        # The loop below runs once per frame: names it uses are local.
         max_payload = self.max_payload
+        if pos == 0 and end >= OVERHEAD:
+            # A chunk that is exactly one frame (sparse traffic) needs no slice.
+            flag, sid, seq, typ, flags, length = _unpack_header(mv)
+            if OVERHEAD + length == end and flag == FLAG and length <= max_payload:
+                if crc16(mv):
+                    raise BadCrc("bad CRC")
+                frames.append(_tuple_new(Frame, (typ, flags, sid, seq, mv)))
+                return
+
+        # The loop below runs once per frame: names it uses are local.
         append, unpack, check, new = frames.append, _unpack_header, crc16, _tuple_new
         while end - pos >= OVERHEAD:
             flag, sid, seq, typ, flags, length = unpack(mv, pos)
@@ -214,8 +223,7 @@ class FrameDecoder:
             stop = pos + OVERHEAD + length
             if stop > end:
                 break
-            # A chunk that is exactly one frame (sparse traffic) needs no slice.
-            raw_view = mv if stop == end and pos == 0 else mv[pos:stop]
+            raw_view = mv[pos:stop]
             if check(raw_view):
                 raise BadCrc("bad CRC")
             append(new(Frame, (typ, flags, sid, seq, raw_view)))
