@@ -111,7 +111,16 @@ def test_migration_to_a_new_udp_socket_keeps_the_stream(d: DaemonProcess) -> Non
         assert c.session_id == sid
         assert all(ev in ("connect",) for s, ev in agent.events if s == sid), agent.events
         assert d.metric("clawterm_resumes_total") == 0
-        await c.close()
+        # The daemon's log names the address the connection moved to: a
+        # takeover logs the old client's peer.
+        now = conn.local_address
+        c2 = await WireClient.open(d.port)
+        await c2.resume(sid, c.resume_token)
+        await c.expect_error(ErrorCode.TAKEN_OVER)
+        takeover = [line for line in d.log().splitlines() if "event=takeover" in line]
+        assert takeover and f"peer=127.0.0.1:{now[1]} " in takeover[-1] + " ", takeover
+        assert f":{old[1]} " not in takeover[-1] + " "
+        await c2.close()
         await agent.stop()
 
     run(main())

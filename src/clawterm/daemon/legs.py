@@ -112,7 +112,8 @@ class ClientProtocol(_LegBase):
         #: A CONNECT or RESUME is being processed (agent leg opening).
         self.pending = False
         self.backlog: list[Frame] = []
-        self.peer = "?"
+        self._peer = "?"
+        #: The address the connection came from; limits per address count it.
         self.peer_ip = "?"
         now = daemon.loop.time()
         self.started = now
@@ -124,9 +125,22 @@ class ClientProtocol(_LegBase):
         peer: Any = transport.get_extra_info("peername")
         if isinstance(peer, tuple):
             self.peer_ip = str(peer[0])
-            self.peer = f"{peer[0]}:{peer[1]}"
+            self._peer = f"{peer[0]}:{peer[1]}"
         transport.set_write_buffer_limits(high=self.daemon.config.max_buffer)  # type: ignore[attr-defined]
         self.daemon.client_connected(self)
+
+    @property
+    def peer(self) -> str:
+        """``host:port`` of the client now, for log lines.
+
+        A QUIC connection can migrate to a new address mid-session (SPEC
+        §1); its transport reports the path in use.
+        """
+        if self.transport_name == "quic" and self.transport is not None:
+            addr: Any = self.transport.get_extra_info("peername")
+            if isinstance(addr, tuple):
+                return f"{addr[0]}:{addr[1]}"
+        return self._peer
 
     def error_sid(self) -> int:
         return self.session.session_id if self.session is not None else 0
