@@ -20,6 +20,14 @@ are never evicted in the default ``block`` mode: the ring instead reports
 they are evicted too, and :meth:`ReplayRing.gap` then tells a resuming
 client that frames after its last_rx_seq are gone.
 
+An entry is the bytes of one frame or of a *run*: consecutive DATA frames
+that arrived in one read and are kept as the one bytes object they came in
+(the relay's fast path, :meth:`clawterm.daemon.relay.Session.agent_run`).
+An entry is filed under the SEQ of its last frame: it moves to scrollback
+once that frame is acknowledged, and it is split into its frames only when
+they are replayed. A run acknowledged part way counts as unacknowledged
+until its last frame is.
+
 Memory is taken as frames arrive, never up front.
 """
 
@@ -28,7 +36,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterator
 
-from .constants import DEFAULT_RING_SIZE
+from .constants import DEFAULT_RING_SIZE, OVERHEAD
 from .serial import is_newer, seq_max
 
 __all__ = ["ReplayRing"]
@@ -86,10 +94,19 @@ class ReplayRing:
     @property
     def first_unacked(self) -> int | None:
         """SEQ of the oldest unacknowledged frame held, if any."""
-        return self._unacked[0][0] if self._unacked else None
+        if not self._unacked:
+            return None
+        for seq, _, _ in _frames(self._unacked[0][1]):
+            if is_newer(seq, self.acked):
+                return seq
+        return self._unacked[0][0]  # pragma: no cover - an entry moves once acked
 
     def append(self, seq: int, raw: bytes) -> None:
-        """Keep an encoded DATA frame the agent sent (``raw`` must be owned bytes)."""
+        """Keep encoded DATA the agent sent: one frame, or a run ending at ``seq``.
+
+        ``raw`` must be owned bytes of whole frames in SEQ order, the last
+        numbered ``seq``.
+        """
         self._unacked.append((seq, raw))
         self._unacked_bytes += len(raw)
         self.last_seq = seq
@@ -131,18 +148,23 @@ class ReplayRing:
 
         Returns its SEQ (the explicit value to pass on), or None if none.
         """
-        if not self._unacked:
-            return None
-        seq = self._unacked[0][0]
-        self.ack(seq)
+        seq = self.first_unacked
+        if seq is not None:
+            self.ack(seq)
         return seq
 
     def frames_after(self, seq: int) -> Iterator[bytes]:
-        """Retained frames newer than ``seq``, oldest first (for replay)."""
+        """Retained frames newer than ``seq``, oldest first, one by one (for replay)."""
         for queue in (self._acked, self._unacked):
-            for s, raw in queue:
-                if is_newer(s, seq):
+            for last, raw in queue:
+                if not is_newer(last, seq):
+                    continue
+                if len(raw) == OVERHEAD + int.from_bytes(raw[11:13], "big"):
                     yield raw
+                    continue
+                for s, start, stop in _frames(raw):
+                    if is_newer(s, seq):
+                        yield raw[start:stop]
 
     def gap(self, last_rx_seq: int) -> bool:
         """True if a frame newer than ``last_rx_seq`` was evicted (RESUMED GAP)."""
@@ -153,3 +175,12 @@ class ReplayRing:
         self._acked.clear()
         self._unacked.clear()
         self._acked_bytes = self._unacked_bytes = 0
+
+
+def _frames(raw: bytes) -> Iterator[tuple[int, int, int]]:
+    """(SEQ, start, stop) of each frame in an entry of whole encoded frames."""
+    pos, end = 0, len(raw)
+    while pos < end:
+        stop = pos + OVERHEAD + int.from_bytes(raw[pos + 11 : pos + 13], "big")
+        yield int.from_bytes(raw[pos + 5 : pos + 9], "big"), pos, stop
+        pos = stop

@@ -84,3 +84,61 @@ def test_bounded_and_ordered(ops: list[tuple[int, int]], drop: bool) -> None:
             assert ring.first_unacked in (None, ring.acked + 1)
     got = list(ring.frames_after(0))
     assert got == sorted(got, key=lambda r: int.from_bytes(r[5:9], "big"))
+
+
+# -- runs: several frames kept as one entry (the relay's fast path) ----------
+
+
+def run_of(first: int, last: int, size: int = 20) -> bytes:
+    return b"".join(frame(s, size) for s in range(first, last + 1))
+
+
+def test_a_run_is_one_entry_split_only_for_replay() -> None:
+    ring = ReplayRing()
+    ring.append(3, run_of(1, 3))
+    ring.append(4, frame(4, 20))
+    assert len(ring) == 2 and ring.last_seq == 4
+    # Acknowledged part way: the run stays unacknowledged as a whole.
+    ring.ack(2)
+    assert ring.acked == 2 and ring.unacked_bytes == 80 and ring.first_unacked == 3
+    assert list(ring.frames_after(2)) == [frame(3, 20), frame(4, 20)]
+    assert list(ring.frames_after(0)) == [frame(s, 20) for s in range(1, 5)]
+    ring.ack(3)
+    assert ring.unacked_bytes == 20 and ring.first_unacked == 4
+    assert list(ring.frames_after(1)) == [frame(s, 20) for s in range(2, 5)]
+
+
+def test_legacy_ack_oldest_steps_through_a_run() -> None:
+    ring = ReplayRing()
+    ring.append(3, run_of(1, 3))
+    assert [ring.ack_oldest() for _ in range(4)] == [1, 2, 3, None]
+    assert ring.unacked_bytes == 0 and ring.acked == 3
+
+
+def test_evicting_a_run_reports_the_gap_up_to_its_last_frame() -> None:
+    ring = ReplayRing(capacity=70)
+    ring.append(3, run_of(1, 3))
+    ring.ack(3)
+    ring.append(4, frame(4, 20))
+    ring.append(5, frame(5, 20))  # 100 bytes: the scrollback run goes
+    assert ring.evicted_upto == 3 and ring.gap(2) and not ring.gap(3)
+    assert list(ring.frames_after(0)) == [frame(4, 20), frame(5, 20)]
+
+
+@given(st.lists(st.tuples(st.integers(1, 4), st.integers(15, 40), st.integers(0, 5)), max_size=40))
+def test_runs_replay_exactly_what_is_unacknowledged(ops: list[tuple[int, int, int]]) -> None:
+    """Block mode, any mix of runs and acks: replay after the ACKed SEQ is every later frame."""
+    ring = ReplayRing(capacity=400)
+    frames: dict[int, bytes] = {}
+    seq = 0
+    for n, size, back in ops:
+        first, seq = seq + 1, seq + n
+        for s in range(first, seq + 1):
+            frames[s] = frame(s, size)
+        ring.append(seq, b"".join(frames[s] for s in range(first, seq + 1)))
+        if back:
+            ring.ack(max(ring.acked, seq - back))
+        assert ring.first_unacked in (None, ring.acked + 1)
+        assert list(ring.frames_after(ring.acked)) == [
+            frames[s] for s in range(ring.acked + 1, seq + 1)
+        ]

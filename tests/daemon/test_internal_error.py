@@ -24,6 +24,9 @@ class BrokenSession:
     session_id = 77
     client: Any = None
 
+    def client_run(self, data: Any, max_payload: int) -> int:
+        raise RuntimeError("secret internal detail /etc/passwd")
+
     def client_frame(self, frame: Any) -> None:
         raise RuntimeError("secret internal detail /etc/passwd")
 

@@ -16,13 +16,13 @@ from typing import Any
 
 import pytest
 
-from clawterm.constants import Capability, ErrorCode, FrameType
+from clawterm.constants import Capability, DataFlag, ErrorCode, FrameType
 from clawterm.daemon.legs import AgentProtocol, ClientProtocol
 from clawterm.daemon.metrics import Counters
 from clawterm.daemon.relay import Session
 from clawterm.frame import FrameDecoder, encode_frame
 from clawterm.payloads import Disconnect, Error
-from clawterm.session import SessionState
+from clawterm.session import SessionInput, SessionState
 from tests.helpers import RecordingTransport
 
 SID = 77
@@ -168,5 +168,101 @@ def test_bad_crc_from_agent_after_good_frame_relays_the_good_one_first() -> None
         assert gone.type == FrameType.DISCONNECT
         assert Disconnect.decode(gone.payload).code == ErrorCode.AGENT_GONE
         assert p.session.closed
+
+    run(check)
+
+
+# -- reads of many frames: the relay's run path (relay "Runs") -----------------
+
+
+def test_agent_run_with_acks_one_write_and_a_ring_entry_per_stretch() -> None:
+    def check(p: Pair) -> None:
+        read = data(1) + data(2) + data(3) + ack(9) + data(4)
+        p.agent.data_received(read)
+        assert p.to_client.writes == [read]
+        ring = p.session.ring
+        assert len(ring) == 2 and ring.last_seq == 4  # DATA 1-3, then DATA 4
+        assert list(ring.frames_after(0)) == [data(s) for s in range(1, 5)]
+        assert p.session.agent_acked == 9 and p.session.a2c_last == 4
+        assert p.session.counters.frames_a2c == 4
+        assert p.session.counters.bytes_a2c == 4 * 40
+        # The client acknowledges part of the first stretch, then all.
+        p.client.data_received(ack(2) + data(1, b"in") + data(2, b"in"))
+        assert p.to_agent.writes == [ack(2) + data(1, b"in") + data(2, b"in")]
+        assert ring.acked == 2 and ring.unacked_bytes == 4 * 55
+        p.client.data_received(ack(4))
+        assert ring.unacked_bytes == 0 and p.session.c2a_last == 2
+        assert p.errors == []
+
+    run(check)
+
+
+def test_runs_stop_at_a_duplicate_which_is_dropped() -> None:
+    def check(p: Pair) -> None:
+        p.agent.data_received(data(1) + data(2) + data(2) + data(3))
+        assert p.to_client.writes == [data(1) + data(2) + data(3)]
+        p.client.data_received(data(1, b"a") + data(1, b"a") + data(2, b"b"))
+        assert p.to_agent.writes == [data(1, b"a") + data(2, b"b")]
+        assert p.session.counters.frames_dropped_duplicate == 2
+        assert list(p.session.ring.frames_after(0)) == [data(s) for s in range(1, 4)]
+
+    run(check)
+
+
+def test_client_run_then_a_frame_for_another_session_forwards_the_run_first() -> None:
+    def check(p: Pair) -> None:
+        other = encode_frame(FrameType.DATA, SID + 1, 3, b"x")
+        p.client.data_received(data(1, b"a") + data(2, b"b") + other)
+        # The run reaches the agent, then the client is detached (SUSPEND).
+        assert b"".join(p.to_agent.writes) == (
+            data(1, b"a") + data(2, b"b") + encode_frame(FrameType.SUSPEND, SID, 0)
+        )
+        assert error_of(p.to_client).code == ErrorCode.PROTOCOL
+        assert p.session.c2a_last == 2
+
+    run(check)
+
+
+def test_run_cut_by_the_read_continues_in_the_next() -> None:
+    def check(p: Pair) -> None:
+        stream = b"".join(data(s) for s in range(1, 7)) + ack(5)
+        # Three reads, the first two ending mid-frame.
+        p.agent.data_received(stream[:130])
+        p.agent.data_received(stream[130:200])
+        p.agent.data_received(stream[200:])
+        assert b"".join(p.to_client.writes) == stream
+        assert list(p.session.ring.frames_after(0)) == [data(s) for s in range(1, 7)]
+        assert p.session.a2c_last == 6 and p.session.agent_acked == 5
+
+    run(check)
+
+
+def test_client_without_ack_capability_gets_runs_acknowledged_on_write() -> None:
+    def check(p: Pair) -> None:
+        p.agent.data_received(data(1) + data(2) + data(3))
+        # The daemon acknowledges what it wrote, for the ring and to the agent.
+        assert p.session.ring.acked == 3 and p.session.ring.unacked_bytes == 0
+        assert p.to_agent.writes[-1] == ack(3)
+
+    run(check, capabilities=0)
+
+
+def test_resume_in_the_middle_of_a_run_replays_the_rest_frame_by_frame() -> None:
+    def check(p: Pair) -> None:
+        p.agent.data_received(data(1) + data(2) + data(3))
+        p.session.detach(SessionInput.TRANSPORT_LOST, "gone")
+        back = RecordingTransport()
+        client2 = ClientProtocol(p.client.daemon)
+        client2.connection_made(back)  # type: ignore[arg-type]
+        client2.handshaking = False
+        client2.session = p.session
+        p.session.attach(client2, 1, Capability.ACK)
+        p.session.flush()
+        frames = list(FrameDecoder().feed(b"".join(back.writes)))
+        assert frames[0].type == FrameType.RESUMED
+        replayed = [f for f in frames if f.type == FrameType.DATA]
+        assert [f.seq for f in replayed] == [2, 3]
+        assert all(f.flags & DataFlag.REPLAY for f in replayed)
+        assert [bytes(f.payload) for f in replayed] == [b"t" * 40] * 2
 
     run(check)

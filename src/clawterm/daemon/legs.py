@@ -154,7 +154,14 @@ class ClientProtocol(_LegBase):
         daemon = self.daemon
         self.last_rx = daemon.loop.time()
         try:
-            for frame in self.decoder.feed(data):
+            session = self.session
+            decoder = self.decoder
+            if session is not None and not (self.pending or self.closing or decoder.buffered):
+                # A run of DATA and ACK frames as one piece (relay "Runs").
+                taken = session.client_run(data, decoder.max_payload)
+                if taken:
+                    data = memoryview(data)[taken:]  # type: ignore[assignment]
+            for frame in decoder.feed(data) if data else ():
                 if self.closing:
                     break
                 if self.pending:
@@ -247,8 +254,14 @@ class AgentProtocol(_LegBase):
 
     def data_received(self, data: bytes) -> None:
         session = self.session
+        decoder = self.decoder
         try:
-            for frame in self.decoder.feed(data):
+            if self.ready and not (self.closing or decoder.buffered):
+                # A run of DATA and ACK frames as one piece (relay "Runs").
+                taken = session.agent_run(data, decoder.max_payload)
+                if taken:
+                    data = memoryview(data)[taken:]  # type: ignore[assignment]
+            for frame in decoder.feed(data) if data else ():
                 if self.closing:
                     break
                 if self.ready:

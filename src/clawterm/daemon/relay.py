@@ -15,6 +15,16 @@ passes DATA and ACK frames between the legs as the bytes they arrived as
 * the latest WINSIZE, and a DISCONNECT from the agent still owed to an absent
   client (SPEC §10: delivered on resume, behind the output before it).
 
+Runs. Bulk traffic arrives as many DATA frames (and their ACKs) in one read.
+:meth:`Session.agent_run` and :meth:`Session.client_run` take the longest
+prefix of a read made only of in-order DATA and u32 ACK frames of this
+session with good CRCs, and handle it as one piece: one forward to the other
+leg, one ring entry per stretch of DATA, no object per frame. Whatever they
+stop at (any other frame, a duplicate, a bad frame, a frame cut by the read)
+goes through the frame-by-frame path, which does the same for DATA and ACK
+and everything else besides; both give the same bytes on the other leg, the
+same ring contents and the same errors.
+
 Legs are abstract (:class:`Leg`): ``send`` queues bytes, which the I/O
 adapter writes in one call when it calls :meth:`Session.flush` at the end of
 each burst. Nothing here touches sockets, asyncio or a clock.
@@ -34,6 +44,7 @@ import struct
 from typing import Protocol
 
 from ..constants import (
+    FLAG,
     OVERHEAD,
     Capability,
     DataFlag,
@@ -42,6 +53,7 @@ from ..constants import (
     KeepaliveFlag,
     ResumedFlag,
 )
+from ..crc import crc16
 from ..errors import ProtocolViolation
 from ..frame import Buffer, Frame, encode_frame, frame_with_flags
 from ..payloads import Ack, Disconnect, Resumed, WinSize, check_empty
@@ -59,6 +71,8 @@ _ACK = int(FrameType.ACK)
 _PING = int(KeepaliveFlag.PING)
 _ACK_U32_SIZE = OVERHEAD + 4
 _unpack_u32 = struct.Struct(">I").unpack_from
+_unpack_header = struct.Struct(">BIIBBH").unpack_from
+_FLAG = int(FLAG)
 _SEQ_MASK = 0xFFFFFFFF
 _SEQ_HALF = 1 << 31
 
@@ -317,7 +331,107 @@ class Session:
             self.sm.handle(SessionInput.TRANSPORT_LOST)
         return client
 
+    def client_run(self, data: bytes, max_payload: int) -> int:
+        """Relay the run of DATA and ACK frames ``data`` starts with; bytes taken.
+
+        See "Runs" in the module docstring: the caller feeds what is left
+        (from the returned offset) to the frame-by-frame path.
+        """
+        sid, last = self.session_id, self.c2a_last
+        unpack, check = _unpack_header, crc16
+        end = len(data)
+        pos = frames = payload = 0
+        acked = None
+        mv = memoryview(data)
+        while end - pos >= OVERHEAD:
+            flag, fsid, seq, typ, _, length = unpack(data, pos)
+            stop = pos + OVERHEAD + length
+            if flag != _FLAG or fsid != sid or stop > end or length > max_payload:
+                break
+            if typ == _DATA:
+                if seq == 0 or (last and not 0 < ((seq - last) & _SEQ_MASK) < _SEQ_HALF):
+                    break
+                if check(mv[pos:stop]):
+                    break
+                last = seq
+                frames += 1
+                payload += length
+            elif typ == _ACK and length == 4:
+                if check(mv[pos:stop]):
+                    break
+                acked = _unpack_u32(data, pos + 13)[0]
+                self.ring.ack(acked)
+            else:
+                break
+            pos = stop
+        if not pos:
+            return 0
+        self.c2a_last = last
+        counters = self.counters
+        counters.frames_c2a += frames
+        counters.bytes_c2a += payload
+        if self.agent_leg is not None:
+            self.agent_leg.send(data if pos == end else mv[:pos])
+        if acked is not None:
+            self._update_agent_reading()
+        return pos
+
     # -- agent side --------------------------------------------------------
+
+    def agent_run(self, data: bytes, max_payload: int) -> int:
+        """Relay the run of DATA and ACK frames ``data`` starts with; bytes taken.
+
+        Each stretch of DATA becomes one ring entry. See "Runs" in the
+        module docstring.
+        """
+        sid, last = self.session_id, self.a2c_last
+        unpack, check = _unpack_header, crc16
+        ring = self.ring
+        end = len(data)
+        pos = frames = payload = 0
+        stretch = -1  # start of the current stretch of DATA, -1: none
+        mv = memoryview(data)
+        while end - pos >= OVERHEAD:
+            flag, fsid, seq, typ, _, length = unpack(data, pos)
+            stop = pos + OVERHEAD + length
+            if flag != _FLAG or fsid != sid or stop > end or length > max_payload:
+                break
+            if typ == _DATA:
+                if seq == 0 or (last and not 0 < ((seq - last) & _SEQ_MASK) < _SEQ_HALF):
+                    break
+                if check(mv[pos:stop]):
+                    break
+                if stretch < 0:
+                    stretch = pos
+                last = seq
+                frames += 1
+                payload += length
+            elif typ == _ACK and length == 4:
+                if check(mv[pos:stop]):
+                    break
+                if stretch >= 0:
+                    ring.append(last, data[stretch:pos])
+                    stretch = -1
+                self.agent_acked = _unpack_u32(data, pos + 13)[0]
+            else:
+                break
+            pos = stop
+        if not pos:
+            return 0
+        if stretch >= 0:
+            ring.append(last, data if stretch == 0 and pos == end else data[stretch:pos])
+        self.a2c_last = last
+        counters = self.counters
+        counters.frames_a2c += frames
+        counters.bytes_a2c += payload
+        client = self.client
+        if client is not None:
+            client.send(data if pos == end else mv[:pos])
+            if frames and not self.acks_itself:
+                self._legacy_ack = last
+        if not self._agent_paused and ring.full:
+            self._set_agent_paused(True)
+        return pos
 
     def agent_frame(self, frame: Frame) -> None:
         """Handle one frame from the agent after its handshake."""
