@@ -105,8 +105,13 @@ class ReplayRing:
         """Keep encoded DATA the agent sent: one frame, or a run ending at ``seq``.
 
         ``raw`` must be owned bytes of whole frames in SEQ order, the last
-        numbered ``seq``.
+        numbered ``seq``. In drop-oldest mode a run is kept frame by frame,
+        so that eviction can take its oldest frames and keep the rest.
         """
+        if self.drop_oldest and len(raw) != OVERHEAD + int.from_bytes(raw[11:13], "big"):
+            for s, start, stop in _frames(raw):
+                self.append(s, raw[start:stop])
+            return
         self._unacked.append((seq, raw))
         self._unacked_bytes += len(raw)
         self.last_seq = seq

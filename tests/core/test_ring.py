@@ -142,3 +142,12 @@ def test_runs_replay_exactly_what_is_unacknowledged(ops: list[tuple[int, int, in
         assert list(ring.frames_after(ring.acked)) == [
             frames[s] for s in range(ring.acked + 1, seq + 1)
         ]
+
+
+def test_drop_oldest_keeps_a_run_frame_by_frame() -> None:
+    """A run bigger than the ring still loses only its oldest frames."""
+    ring = ReplayRing(capacity=60, drop_oldest=True)
+    ring.append(5, run_of(1, 5))
+    assert len(ring) == 3 and ring.size == 60
+    assert list(ring.frames_after(0)) == [frame(s, 20) for s in (3, 4, 5)]
+    assert ring.evicted_upto == 2 and ring.gap(0) and not ring.gap(2)
