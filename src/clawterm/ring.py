@@ -153,10 +153,25 @@ class ReplayRing:
 
         Returns its SEQ (the explicit value to pass on), or None if none.
         """
-        seq = self.first_unacked
-        if seq is not None:
-            self.ack(seq)
+        if not self._unacked:
+            return None
+        self._split_head()
+        seq = self._unacked[0][0]
+        self.ack(seq)
         return seq
+
+    def _split_head(self) -> None:
+        """Make the oldest unacknowledged entry, if a run, one entry per frame.
+
+        Frames of it already acknowledged move to scrollback. Legacy empty
+        ACKs take one frame each: split once, each is then O(1).
+        """
+        raw = self._unacked[0][1]
+        if len(raw) == OVERHEAD + int.from_bytes(raw[11:13], "big"):
+            return
+        self._unacked.popleft()
+        self._unacked.extendleft([(s, raw[start:stop]) for s, start, stop in _frames(raw)][::-1])
+        self.ack(self.acked)
 
     def frames_after(self, seq: int) -> Iterator[bytes]:
         """Retained frames newer than ``seq``, oldest first, one by one (for replay)."""

@@ -151,3 +151,15 @@ def test_drop_oldest_keeps_a_run_frame_by_frame() -> None:
     assert len(ring) == 3 and ring.size == 60
     assert list(ring.frames_after(0)) == [frame(s, 20) for s in (3, 4, 5)]
     assert ring.evicted_upto == 2 and ring.gap(0) and not ring.gap(2)
+
+
+def test_legacy_ack_oldest_after_a_partial_u32_ack_of_a_run() -> None:
+    ring = ReplayRing()
+    ring.append(4, run_of(1, 4))
+    ring.ack(2)
+    assert ring.first_unacked == 3
+    assert ring.ack_oldest() == 3 and ring.acked == 3
+    assert ring.unacked_bytes == 20 and list(ring.frames_after(0)) == [
+        frame(s, 20) for s in range(1, 5)
+    ]
+    assert ring.ack_oldest() == 4 and ring.ack_oldest() is None
