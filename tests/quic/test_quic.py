@@ -290,6 +290,33 @@ def test_connection_cap_refuses_beyond_it(tmp_path: Path) -> None:
         d.stop()
 
 
+@pytest.mark.parametrize(("host", "retry"), [("0.0.0.0", True), ("127.0.0.1", False)])
+def test_retry_auto_is_on_unless_bound_to_loopback(tmp_path: Path, host: str, retry: bool) -> None:
+    """The default ``--quic-retry auto``: a daemon reachable off the machine
+    validates client addresses with a Retry; one bound to loopback does not."""
+    d = DaemonProcess(tmp_path, "--quic-retry", "auto")
+    d.host = host
+    d.quic_port = free_port(socket.SOCK_DGRAM)
+    d.start()
+
+    async def main() -> None:
+        agent = await EchoAgent(d.socket_dir).start()
+        await agent_ready(d, agent)
+        c, conn = await quic_client(d)
+        got_retry = conn.protocol._quic._retry_source_connection_id is not None
+        assert got_retry is retry
+        await c.connect(d.token)
+        await echo(c, b"retry " + str(retry).encode())
+        await c.close()
+        await agent.stop()
+
+    try:
+        run(main())
+        assert f"retry {'on' if retry else 'off'}" in d.log()
+    finally:
+        d.stop()
+
+
 def test_retry_on_validates_the_address_first(tmp_path: Path) -> None:
     d = start_daemon(tmp_path, "--quic-retry", "on")
 
