@@ -24,8 +24,9 @@ An entry is the bytes of one frame or of a *run*: consecutive DATA frames
 that arrived in one read and are kept as the one bytes object they came in
 (the relay's fast path, :meth:`clawterm.daemon.relay.Session.agent_run`).
 An entry is filed under the SEQ of its last frame: it moves to scrollback
-once that frame is acknowledged, and it is split into its frames only when
-they are replayed. A run acknowledged part way counts as unacknowledged
+once that frame is acknowledged, and it is split into its frames only to
+replay them, for a legacy empty ACK, and in drop-oldest mode (where runs are
+kept frame by frame). A run acknowledged part way counts as unacknowledged
 until its last frame is.
 
 Memory is taken as frames arrive, never up front.
